@@ -1,0 +1,38 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh machine:
+# each creates the virtual environment first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-fast lint bench clean
+
+venv: $(STAMP)
+
+# torch is pinned to the CPU wheel on this machine's disk; a looser pin pulls a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test,pacs]'
+	touch $(STAMP)
+
+# The main job on the built-in synthetic cohort, with a local Ray and MLflow store.
+demo: venv
+	$(PY) jobs/prepare_priors.py --demo
+
+# The whole test suite, slow cases included.
+test: venv
+	$(PY) -m pytest -ra
+
+# Everything but the cases marked slow.
+test-fast: venv
+	$(PY) -m pytest -ra -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check priors jobs tests
+	$(VENV)/bin/mypy priors
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,221 @@
+"""Command line of priors: argument parsing only.
+
+Each subcommand imports its implementation when it runs, so ``priors --help`` does
+not pay for importing MONAI, Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from priors import __version__
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("priors")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the ``priors`` command."""
+    parser = argparse.ArgumentParser(
+        prog="priors",
+        description="Find priors, register them onto the current scan, detect change, "
+        "and record provenance.",
+    )
+    parser.add_argument("--version", action="version", version=f"priors {__version__}")
+    parser.add_argument("--config", help="TOML configuration file (default: $PRIORS_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v: INFO details, -vv: DEBUG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    prepare = commands.add_parser(
+        "prepare", help="run the main job: ingest, link, select priors, register, detect change")
+    prepare.add_argument("sources", nargs="+", metavar="SOURCE",
+                         help="folder, ZIP file or DICOMDIR media folder")
+    prepare.add_argument("--out", default="priors-packages",
+                         help="folder for the context packages (default: %(default)s)")
+    prepare.add_argument("--issuer", action="append", default=[], metavar="SOURCE=ISSUER",
+                         help="issuer of Patient ID for a source without one; repeatable")
+    prepare.add_argument("--job-name", default="prepare", help="MLflow parent run name")
+    prepare.add_argument("--no-ray", action="store_true",
+                         help="run the per-person work in this process instead of on Ray")
+    prepare.add_argument("--report", help="also write the job report as JSON to this file")
+
+    demo = commands.add_parser(
+        "demo", help="write the synthetic cohort (once) and run the main job on it")
+    demo.add_argument("--cohort", help="cohort folder (default: $PRIORS_HOME/demo/cohort)")
+    demo.add_argument("--out", help="package folder (default: $PRIORS_HOME/demo/packages)")
+    demo.add_argument("--seed", type=int, default=0, help="cohort seed (default: %(default)s)")
+    demo.add_argument("--no-ray", action="store_true",
+                      help="run the per-person work in this process instead of on Ray")
+
+    synthetic = commands.add_parser("synthetic", help="write the synthetic cohort as DICOM")
+    synthetic.add_argument("out", help="output folder")
+    synthetic.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    synthetic.add_argument("--patients", type=int, default=3, help="number of patients")
+    synthetic.add_argument("--timepoints", type=int, default=3, help="time points per patient")
+
+    ingest = commands.add_parser("ingest", help="index sources into the catalog")
+    ingest.add_argument("sources", nargs="+", metavar="SOURCE")
+    ingest.add_argument("--issuer", action="append", default=[], metavar="SOURCE=ISSUER")
+    ingest.add_argument("--workers", type=int, default=2, help="header-reading processes")
+    ingest.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    timeline = commands.add_parser(
+        "timeline", help="show each person's linked studies and the chosen pairs")
+    timeline.add_argument("sources", nargs="+", metavar="SOURCE")
+    timeline.add_argument("--issuer", action="append", default=[], metavar="SOURCE=ISSUER")
+    timeline.add_argument("--person", help="only this person pseudonym")
+    timeline.add_argument("--json", action="store_true", help="print JSON to standard output")
+    timeline.add_argument("--explain", action="store_true",
+                          help="list every selection decision with its reason")
+    timeline.add_argument("--chart", help="write a PNG chart of studies over time")
+
+    register = commands.add_parser(
+        "register", help="register a prior volume onto a current one")
+    register.add_argument("current", help="DICOM series folder or NIfTI file")
+    register.add_argument("prior", help="DICOM series folder or NIfTI file")
+    register.add_argument("--out", required=True, help="output folder")
+    register.add_argument("--modality-pair", default=None,
+                          help="preset: CT-CT, MR-MR or CT-MR (default: from the data)")
+
+    convert = commands.add_parser("convert", help="build volumes from DICOM and write NIfTI")
+    convert.add_argument("sources", nargs="+", metavar="SOURCE")
+    convert.add_argument("--out", required=True, help="output folder")
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.DEBUG if verbosity > 1 else logging.INFO
+    logging.basicConfig(
+        level=level if verbosity else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if verbosity < 2:
+        for noisy in ("alembic", "mlflow", "urllib3", "ray", "matplotlib", "PIL"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _issuers(pairs: Sequence[str]) -> dict[str, str]:
+    issuers: dict[str, str] = {}
+    for item in pairs:
+        source, sep, issuer = item.partition("=")
+        if not sep or not source or not issuer:
+            raise SystemExit(f"priors: --issuer {item!r} is invalid; expected SOURCE=ISSUER")
+        issuers[str(Path(source).resolve())] = issuer
+    return issuers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``priors`` command; return its exit status."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+
+    from priors.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as err:
+        print(f"priors: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+    handler = _COMMANDS[args.command]
+    return handler(args, settings)
+
+
+def _run_prepare(args: argparse.Namespace, settings) -> int:
+    from priors.distributed import run_prepare_job
+
+    report = run_prepare_job(
+        args.sources, out_dir=Path(args.out), settings=settings,
+        issuers=_issuers(args.issuer), job_name=args.job_name, use_ray=not args.no_ray)
+    _finish_report(report, args.report)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _run_demo(args: argparse.Namespace, settings) -> int:
+    from priors.distributed import run_demo
+
+    report = run_demo(settings=settings, seed=args.seed,
+                      cohort_dir=Path(args.cohort) if args.cohort else None,
+                      out_dir=Path(args.out) if args.out else None, use_ray=not args.no_ray)
+    _finish_report(report, None)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _finish_report(report, json_path: str | None) -> None:
+    print(report.render_text())
+    if json_path:
+        Path(json_path).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+
+
+def _run_synthetic(args: argparse.Namespace, settings) -> int:
+    from priors.synthetic import write_cohort
+
+    info = write_cohort(args.out, seed=args.seed, n_patients=args.patients,
+                        n_timepoints=args.timepoints)
+    print(f"wrote the synthetic cohort to {Path(args.out).resolve()}")
+    print(f"ground truth: {info.ground_truth_path}")
+    return EXIT_OK
+
+
+def _run_ingest(args: argparse.Namespace, settings) -> int:
+    from priors.catalog import Catalog
+    from priors.sources import open_source
+
+    issuers = _issuers(args.issuer)
+    sources = [open_source(path, issuer=issuers.get(str(Path(path).resolve()), ""))
+               for path in args.sources]
+    catalog = Catalog(settings.catalog_url)
+    report = catalog.ingest(sources, workers=args.workers, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.render_text())
+    return EXIT_OK
+
+
+def _run_timeline(args: argparse.Namespace, settings) -> int:
+    from priors.commands import timeline_command
+
+    return timeline_command(
+        args.sources, settings=settings, issuers=_issuers(args.issuer), person=args.person,
+        as_json=args.json, explain=args.explain, chart=args.chart)
+
+
+def _run_register(args: argparse.Namespace, settings) -> int:
+    from priors.commands import register_command
+
+    return register_command(Path(args.current), Path(args.prior), out_dir=Path(args.out),
+                            settings=settings, modality_pair=args.modality_pair)
+
+
+def _run_convert(args: argparse.Namespace, settings) -> int:
+    from priors.commands import convert_command
+
+    return convert_command(args.sources, out_dir=Path(args.out))
+
+
+_COMMANDS = {
+    "prepare": _run_prepare,
+    "demo": _run_demo,
+    "synthetic": _run_synthetic,
+    "ingest": _run_ingest,
+    "timeline": _run_timeline,
+    "register": _run_register,
+    "convert": _run_convert,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Implementations of the smaller subcommands: timeline, register and convert."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from priors.config import Settings
+
+__all__ = ["convert_command", "register_command", "timeline_command"]
+
+log = logging.getLogger(__name__)
+
+
+def timeline_command(
+    sources: Sequence[str],
+    *,
+    settings: Settings,
+    issuers: Mapping[str, str],
+    person: str | None = None,
+    as_json: bool = False,
+    explain: bool = False,
+    chart: str | None = None,
+) -> int:
+    """Print each person's timeline and pairs; return the exit status."""
+    from priors.longitudinal.report import explain_text, render_timeline_table, timeline_json
+    from priors.planning import gather_people
+
+    people = gather_people([Path(path) for path in sources], settings=settings, issuers=issuers)
+    document = timeline_json(people.linkage, people.timelines, people.selections,
+                             people.pseudonymizer)
+    keep = [index for index, item in enumerate(people.linkage.persons)
+            if person is None or item.pseudonym == person]
+    if person is not None and not keep:
+        print(f"priors: no person with pseudonym {person!r} in these sources", file=sys.stderr)
+        return 1
+    document["persons"] = [document["persons"][index] for index in keep]
+    if as_json:
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        for index in keep:
+            item = people.linkage.persons[index]
+            print(f"person {item.pseudonym}: {len(item.record_indices)} records")
+            print(render_timeline_table(people.timelines[index]))
+            print()
+        if explain:
+            print(explain_text(people.linkage, people.selections))
+    if chart:
+        _write_timeline_chart([people.timelines[index] for index in keep],
+                              [people.linkage.persons[index].pseudonym for index in keep],
+                              Path(chart))
+    return 0
+
+
+def _write_timeline_chart(timelines, names: Sequence[str], path: Path) -> None:
+    """Draw one row per person and modality, one marker per dated study."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows: list[tuple[str, list]] = []
+    for name, timeline in zip(names, timelines, strict=True):
+        by_modality: dict[str, list] = {}
+        for study in timeline:
+            if study.date is None:
+                continue
+            for modality in study.modalities or ("?",):
+                by_modality.setdefault(modality, []).append(study.date)
+        for modality, dates in sorted(by_modality.items()):
+            rows.append((f"{name} {modality}", dates))
+    figure, axis = plt.subplots(figsize=(8, 0.5 + 0.4 * max(1, len(rows))), dpi=90)
+    for index, (_, dates) in enumerate(rows):
+        axis.plot(dates, [index] * len(dates), "o")
+    axis.set_yticks(range(len(rows)), [label for label, _ in rows])
+    axis.set_xlabel("study date")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    print(f"wrote the timeline chart to {path}")
+
+
+def register_command(current: Path, prior: Path, *, out_dir: Path, settings: Settings,
+                     modality_pair: str | None = None) -> int:
+    """Register PRIOR onto CURRENT and write transform, image, overlay and report."""
+    from priors.registration.command import run_register
+
+    return run_register(current, prior, out_dir=out_dir, settings=settings.registration,
+                        modality_pair=modality_pair)
+
+
+def convert_command(sources: Sequence[str], *, out_dir: Path) -> int:
+    """Build every series' volumes and write NIfTI files with JSON sidecars."""
+    from priors.dicom.convert import run_convert
+
+    return run_convert([Path(path) for path in sources], out_dir=out_dir)

@@ -1,0 +1,508 @@
+"""The one-person flow: volumes, registration, change detection and package files.
+
+:func:`prepare_person` runs wherever the caller puts it (this process, or a Ray
+worker through :mod:`priors.distributed`). It reads DICOM files, writes the package
+files of one person and returns every decision and figure as data. It writes
+neither the catalog nor MLflow: the driver does, from the returned
+:class:`PersonResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from priors.config import Settings
+from priors.provenance.digests import file_sha256, pair_key, series_digest
+from priors.provenance.record import ProvenanceRecord
+
+__all__ = [
+    "InstanceRef",
+    "PairResult",
+    "PairTask",
+    "PersonResult",
+    "PersonTask",
+    "SeriesRef",
+    "prepare_person",
+]
+
+log = logging.getLogger(__name__)
+
+# Status values of a pair, as they appear in the job report and the MLflow tags.
+FINISHED = "finished"
+HELD_BACK = "held back"
+FAILED = "failed"
+SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """One instance behind a model input, with where it was read and its hashes."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    source_id: str
+    location: str
+    transfer_syntax_uid: str
+    file_sha256: str
+    pixel_sha256: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the reference as JSON-ready values."""
+        return {
+            "sop_instance_uid": self.sop_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "study_instance_uid": self.study_instance_uid,
+            "source_id": self.source_id,
+            "location": self.location,
+            "transfer_syntax_uid": self.transfer_syntax_uid,
+            "file_sha256": self.file_sha256,
+            "pixel_sha256": self.pixel_sha256,
+        }
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    """A series chosen for a pair, with the attributes the outputs are labelled by."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    study_date: str
+    modality: str
+    body_part: str
+    series_description: str
+    series_number: int | None
+    instances: tuple[InstanceRef, ...]
+
+    def digest(self) -> str | None:
+        """Return the series digest, or None while a pixel hash is unknown."""
+        hashes = {ref.sop_instance_uid: ref.pixel_sha256 for ref in self.instances}
+        if not hashes or any(value is None for value in hashes.values()):
+            return None
+        return series_digest(hashes)  # type: ignore[arg-type]
+
+    def summary(self) -> dict[str, Any]:
+        """Return the labelling attributes, without the instance list."""
+        return {
+            "series_instance_uid": self.series_instance_uid,
+            "study_instance_uid": self.study_instance_uid,
+            "study_date": self.study_date,
+            "modality": self.modality,
+            "body_part": self.body_part,
+            "series_description": self.series_description,
+            "series_number": self.series_number,
+            "instance_count": len(self.instances),
+        }
+
+
+@dataclass
+class PairTask:
+    """One current series with one prior series, as prior selection chose them."""
+
+    pair_id: str
+    current: SeriesRef
+    prior: SeriesRef
+    reasons: list[Any]
+    pair_key: str | None = None
+
+
+@dataclass
+class PersonTask:
+    """The work of one person: their current study and its pairs."""
+
+    person: str
+    current_study_uid: str
+    package_dir: Path
+    pairs: list[PairTask]
+    provenance_base: dict[str, Any] = field(default_factory=dict)
+    job_id: str = ""
+
+
+@dataclass
+class PairResult:
+    """Everything the driver logs and packages for one pair."""
+
+    pair_id: str
+    pair_key: str
+    status: str
+    reason: str
+    current: dict[str, Any]
+    prior: dict[str, Any]
+    current_digest: str
+    prior_digest: str
+    selection_reasons: list[Any]
+    registration: dict[str, Any]
+    change: dict[str, Any]
+    outputs: dict[str, str]
+    timings: dict[str, float]
+    used_instances: list[dict[str, Any]]
+    artifacts_dir: str
+    provenance: dict[str, Any]
+
+
+@dataclass
+class PersonResult:
+    """The pairs of one person, and the error that stopped them, if any."""
+
+    person: str
+    current_study_uid: str
+    package_dir: str
+    pairs: list[PairResult]
+    current_volume: str = ""
+    error: str = ""
+
+
+def prepare_person(
+    task: PersonTask,
+    *,
+    settings: Settings,
+    model_loader: Callable[[], Any] | None = None,
+) -> PersonResult:
+    """Build, register and compare every pair of one person.
+
+    Parameters
+    ----------
+    task
+        The person's pairs, as planned by the driver.
+    settings
+        Registration and change-detection settings.
+    model_loader
+        Returns the loaded change model (a ``priors.change.ChangeModel``); called at
+        most once, and only when a pair is in the model's scope. A Ray actor passes
+        the model it loaded at start-up.
+    """
+    from priors.dicom.volume import build_volumes
+
+    task.package_dir.mkdir(parents=True, exist_ok=True)
+    result = PersonResult(task.person, task.current_study_uid, str(task.package_dir), [])
+    current_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for pair in task.pairs:
+        started = time.perf_counter()
+        try:
+            if pair.current.series_instance_uid not in current_cache:
+                current_cache[pair.current.series_instance_uid] = _volume_for(
+                    pair.current, build_volumes)
+            pair_result = _prepare_pair(
+                task, pair, current_cache[pair.current.series_instance_uid],
+                settings=settings, model_loader=model_loader, build_volumes=build_volumes)
+        except Exception as err:  # one broken pair must not stop the person's others
+            log.error("pair %s of person %s failed: %s", pair.pair_id, task.person, err)
+            log.debug("traceback of pair %s:\n%s", pair.pair_id, traceback.format_exc())
+            pair_result = _failed_pair(task, pair, f"{type(err).__name__}: {err}",
+                                       seconds=time.perf_counter() - started)
+        result.pairs.append(pair_result)
+
+    for series_uid, (volume, _) in current_cache.items():
+        if volume is not None:
+            result.current_volume = _write_image(
+                volume.image, task.package_dir / f"current_{_short(series_uid)}.nii.gz")
+    return result
+
+
+def _volume_for(series: SeriesRef, build_volumes: Callable[..., Any]) -> tuple[Any, dict[str, Any]]:
+    """Build the series' volume; several stacks keep the one with most slices."""
+    paths = [ref.location for ref in series.instances]
+    volumes, rejections = build_volumes(paths)
+    info: dict[str, Any] = {
+        "rejections": [
+            {"stack": item.stack_label, "reason": item.reason, "files": len(item.paths)}
+            for item in rejections
+        ],
+    }
+    if not volumes:
+        reasons = "; ".join(item.reason for item in rejections) or "no volume could be built"
+        raise VolumeError(f"series {series.series_instance_uid}: {reasons}")
+    volumes = sorted(volumes, key=lambda item: len(item.sop_instance_uids), reverse=True)
+    chosen = volumes[0]
+    if len(volumes) > 1:
+        info["stack_choice"] = (
+            f"series {series.series_instance_uid} holds {len(volumes)} stacks; kept "
+            f"{chosen.stack_label or 'the first'} with {len(chosen.sop_instance_uids)} slices")
+    return chosen, info
+
+
+class VolumeError(RuntimeError):
+    """A series yielded no volume."""
+
+
+def _prepare_pair(
+    task: PersonTask,
+    pair: PairTask,
+    current_entry: tuple[Any, dict[str, Any]],
+    *,
+    settings: Settings,
+    model_loader: Callable[[], Any] | None,
+    build_volumes: Callable[..., Any],
+) -> PairResult:
+    from priors.registration import register, resample_onto, write_overlay_png, write_transform
+
+    timings: dict[str, float] = {}
+    pair_dir = task.package_dir / "pairs" / pair.pair_id
+    pair_dir.mkdir(parents=True, exist_ok=True)
+    record = ProvenanceRecord(job_id=task.job_id, person_pseudonym=task.person)
+    _seed_record(record, task, pair)
+
+    clock = time.perf_counter()
+    current, current_info = current_entry
+    prior, prior_info = _volume_for(pair.prior, build_volumes)
+    timings["volumes_s"] = time.perf_counter() - clock
+    current_digest = _digest_of(pair.current, current)
+    prior_digest = _digest_of(pair.prior, prior)
+    record.add_volume("current", series_instance_uid=pair.current.series_instance_uid,
+                      decisions=_volume_decisions(current, current_info),
+                      metadata=current.metadata, digest=current_digest)
+    record.add_volume("prior", series_instance_uid=pair.prior.series_instance_uid,
+                      decisions=_volume_decisions(prior, prior_info),
+                      metadata=prior.metadata, digest=prior_digest)
+    record.add_instances("current", _used_instances(pair.current, current))
+    record.add_instances("prior", _used_instances(pair.prior, prior))
+
+    modality = pair.current.modality
+    modality_pair = f"{modality}-{pair.prior.modality}"
+    clock = time.perf_counter()
+    registration = register(current.image, prior.image, modality_pair=modality_pair,
+                            settings=settings.registration)
+    registered = resample_onto(current.image, prior.image, registration.transform,
+                               kind="image", modality=pair.prior.modality)
+    timings["registration_s"] = time.perf_counter() - clock
+    outputs = {
+        "transform": write_transform(registration.transform, pair_dir / "transform.tfm"),
+        "registered_prior": _write_image(registered, pair_dir / "registered_prior.nii.gz"),
+    }
+    write_overlay_png(current.image, registered, pair_dir / "overlay.png",
+                      title=f"{pair.current.study_date} vs {pair.prior.study_date}")
+    outputs["overlay"] = str(pair_dir / "overlay.png")
+    registration_info = _registration_info(registration)
+    record.add_registration(registration_info)
+
+    clock = time.perf_counter()
+    change_info, change_outputs, status, reason = _detect_change(
+        pair, current, registered, registration, pair_dir=pair_dir,
+        settings=settings, model_loader=model_loader)
+    timings["change_s"] = time.perf_counter() - clock
+    outputs.update(change_outputs)
+    record.add_model(change_info)
+
+    from priors.packaging.preview import write_preview_png
+
+    write_preview_png(
+        current.image, prior.image, registered,
+        _read_labels(change_outputs.get("change_labels")),
+        pair_dir / "preview.png",
+        titles=(f"current {pair.current.study_date}", f"prior {pair.prior.study_date}",
+                "registered prior", change_info.get("method", "no change map")))
+    outputs["preview"] = str(pair_dir / "preview.png")
+
+    key = pair.pair_key or pair_key(
+        current_digest, prior_digest, registration_config=_registration_config(settings),
+        model_version=_model_version(change_info))
+    for name, path in sorted(outputs.items()):
+        record.add_output(name, path)
+    for name, seconds in timings.items():
+        record.add_step(name, seconds)
+    record.write_json(pair_dir / "provenance.json")
+    _write_json(pair_dir / "provenance.prov.json", record.to_prov_json())
+    _write_json(pair_dir / "registration.json", registration_info)
+    outputs["provenance"] = str(pair_dir / "provenance.json")
+    outputs["provenance_prov"] = str(pair_dir / "provenance.prov.json")
+
+    return PairResult(
+        pair_id=pair.pair_id, pair_key=key, status=status, reason=reason,
+        current=pair.current.summary(), prior=pair.prior.summary(),
+        current_digest=current_digest, prior_digest=prior_digest,
+        selection_reasons=list(pair.reasons), registration=registration_info,
+        change=change_info,
+        outputs={name: _relative(path, task.package_dir) for name, path in outputs.items()},
+        timings=timings,
+        used_instances=(_used_instances(pair.current, current)
+                        + _used_instances(pair.prior, prior)),
+        artifacts_dir=str(pair_dir), provenance=record.to_dict())
+
+
+def _detect_change(pair, current, registered, registration, *, pair_dir: Path,
+                   settings: Settings, model_loader) -> tuple[dict, dict, str, str]:
+    """Run the model in scope, the baseline outside it, and nothing after a failed QA."""
+    import SimpleITK as sitk
+
+    if registration.verdict != "pass":
+        reason = f"registration failed its quality checks: {registration.reason}"
+        info = {"method": "none", "reason": reason}
+        return info, {}, HELD_BACK, reason
+
+    current_array = sitk.GetArrayFromImage(current.image).astype(np.float32)
+    prior_array = sitk.GetArrayFromImage(registered).astype(np.float32)
+    spacing = tuple(float(value) for value in current.image.GetSpacing())
+    modality = pair.current.modality
+    model = model_loader() if model_loader is not None else None
+    in_scope, scope_reason = (False, "no change model configured")
+    if model is not None:
+        in_scope, scope_reason = model.in_scope(modality=modality,
+                                                body_part=pair.current.body_part)
+    if in_scope:
+        output = model.predict(current_array, prior_array, spacing=spacing)
+        info = {
+            "method": "model", "reason": "",
+            "bundle": model.name, "version": model.version,
+            "weights_sha256": model.weights_sha256, "device": model.device,
+            "parameters": output.parameters,
+        }
+    else:
+        from priors.change import subtraction_baseline
+
+        output = subtraction_baseline(current_array, prior_array, spacing=spacing,
+                                      modality=modality)
+        info = {"method": "baseline", "reason": scope_reason, "parameters": output.parameters}
+        if model is not None:
+            info.update({"bundle": model.name, "version": model.version,
+                         "weights_sha256": model.weights_sha256})
+
+    from priors.change import summarize_lesions
+
+    lesions = summarize_lesions(
+        output.labels, spacing=spacing, origin_lps=current.image.GetOrigin(),
+        direction_lps=current.image.GetDirection(), current=current_array, prior=prior_array)
+    outputs = {
+        "change_probability": _write_array(output.probability.astype(np.float32), current.image,
+                                           pair_dir / "change_probability.nii.gz"),
+        "change_labels": _write_array(output.labels.astype(np.uint8), current.image,
+                                      pair_dir / "change_labels.nii.gz"),
+        "lesions": _write_json(pair_dir / "lesions.json", {"lesions": lesions}),
+    }
+    info["lesion_count"] = len(lesions)
+    info["changed_voxels"] = int(np.count_nonzero(output.labels))
+    return info, outputs, FINISHED, info["reason"]
+
+
+def _failed_pair(task: PersonTask, pair: PairTask, reason: str, *, seconds: float) -> PairResult:
+    return PairResult(
+        pair_id=pair.pair_id, pair_key=pair.pair_key or "", status=FAILED, reason=reason,
+        current=pair.current.summary(), prior=pair.prior.summary(),
+        current_digest=pair.current.digest() or "", prior_digest=pair.prior.digest() or "",
+        selection_reasons=list(pair.reasons), registration={}, change={}, outputs={},
+        timings={"total_s": seconds}, used_instances=[],
+        artifacts_dir=str(task.package_dir / "pairs" / pair.pair_id), provenance={})
+
+
+def _seed_record(record: ProvenanceRecord, task: PersonTask, pair: PairTask) -> None:
+    base = task.provenance_base
+    for source in base.get("sources", []):
+        record.add_source(source)
+    record.add_link_decisions(base.get("link_decisions", []))
+    record.add_selection(list(base.get("selection", [])) + list(pair.reasons))
+
+
+def _digest_of(series: SeriesRef, volume: Any) -> str:
+    hashes = {ref.sop_instance_uid: ref.pixel_sha256 for ref in series.instances
+              if ref.sop_instance_uid in set(volume.sop_instance_uids)}
+    for uid, value in volume.pixel_sha256.items():
+        if hashes.get(uid) is None:
+            hashes[uid] = value
+    missing = [uid for uid, value in hashes.items() if value is None]
+    if missing:
+        raise VolumeError(f"series {series.series_instance_uid}: no pixel hash for "
+                          f"{len(missing)} instances, e.g. {missing[0]}")
+    return series_digest(hashes)
+
+
+def _used_instances(series: SeriesRef, volume: Any) -> list[dict[str, Any]]:
+    used = set(volume.sop_instance_uids)
+    rows = []
+    for ref in series.instances:
+        if ref.sop_instance_uid not in used:
+            continue
+        row = ref.as_dict()
+        if row["pixel_sha256"] is None:
+            row["pixel_sha256"] = volume.pixel_sha256.get(ref.sop_instance_uid)
+        rows.append(row)
+    return rows
+
+
+def _volume_decisions(volume: Any, info: Mapping[str, Any]) -> list[str]:
+    decisions = list(volume.decisions)
+    if info.get("stack_choice"):
+        decisions.append(info["stack_choice"])
+    decisions.extend(f"stack {item['stack']!r} rejected: {item['reason']}"
+                     for item in info.get("rejections", []))
+    return decisions
+
+
+def _registration_info(result: Any) -> dict[str, Any]:
+    return {
+        "verdict": result.verdict,
+        "reason": result.reason,
+        "matrix_lps": result.matrix_lps,
+        "metrics": dict(result.metrics),
+        "candidates": list(result.candidates),
+        "ambiguous": bool(result.ambiguous),
+        "parameters": dict(result.parameters),
+        "timings": dict(result.timings),
+    }
+
+
+def _registration_config(settings: Settings) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(settings.registration)
+
+
+def _model_version(change_info: Mapping[str, Any]) -> str:
+    if change_info.get("weights_sha256"):
+        return f"{change_info.get('bundle')}:{change_info.get('version')}:" \
+               f"{change_info['weights_sha256'][:16]}"
+    return "baseline"
+
+
+def _read_labels(path: str | None) -> np.ndarray | None:
+    if not path:
+        return None
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(path))
+
+
+def _write_image(image: Any, path: Path) -> str:
+    import SimpleITK as sitk
+
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return str(path)
+
+
+def _write_array(array: np.ndarray, reference: Any, path: Path) -> str:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return _write_image(image, path)
+
+
+def _write_json(path: Path, data: Any) -> str:
+    import json
+
+    from priors.provenance.digests import jsonable
+
+    path.write_text(json.dumps(jsonable(data), indent=2, sort_keys=True), encoding="utf-8")
+    return str(path)
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _short(uid: str) -> str:
+    """Return a short, file-name-safe label of a UID (its last components)."""
+    return uid.replace(".", "-")[-24:]
+
+
+# Re-exported for the driver, which hashes the package files it logs.
+hash_file = file_sha256
