@@ -14,6 +14,7 @@ This module imports no other part of priors.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ __all__ = [
 ]
 
 ENV_PREFIX = "PRIORS_"
+# PRIORS_* variables that are not settings: the configuration path and the test data.
+NON_SETTING_VARIABLES = frozenset({"PRIORS_CONFIG", "PRIORS_TEST_DATA"})
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -159,15 +164,22 @@ def load_settings(
 def _environment_overrides(env: dict[str, str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name == "PRIORS_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_VARIABLES:
             continue
         key = name[len(ENV_PREFIX):].lower()
-        if "__" in key:
-            section, _, sub = key.partition("__")
+        section, _, sub = key.partition("__")
+        if section not in _FIELD_NAMES:
+            # Other tools may share the prefix; a typo is worth a warning, not a failure.
+            log.warning("environment variable %s names no priors setting; ignored", name)
+            continue
+        if sub:
             overrides.setdefault(section, {})[sub] = value
         else:
             overrides[key] = value
     return overrides
+
+
+_FIELD_NAMES = frozenset(item.name for item in dataclasses.fields(Settings))
 
 
 def _apply(target: Any, data: dict[str, Any], *, origin: str) -> None:

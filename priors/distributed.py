@@ -57,7 +57,11 @@ def run_demo(
         write_cohort(cohort_dir, seed=seed)
         log.info("wrote the synthetic cohort to %s in %.1f s", cohort_dir,
                  time.perf_counter() - started)
-    sources = sorted(path for path in cohort_dir.iterdir() if path.is_dir())
+    from priors.synthetic.cohort import MASK_FOLDER
+
+    # Every folder of the cohort is a source except the ground-truth masks.
+    sources = sorted(path for path in cohort_dir.iterdir()
+                     if path.is_dir() and path.name != MASK_FOLDER)
     return run_prepare_job(sources, out_dir=out_dir, settings=settings,
                            job_name="demo", use_ray=use_ray)
 
@@ -144,8 +148,9 @@ def _registered_model(tracker: Any, bundle_dir: Path) -> dict[str, Any]:
     import json
 
     metadata_path = bundle_dir / "configs" / "metadata.json"
-    if not metadata_path.is_file():
-        log.warning("no model bundle at %s: pairs get the subtraction baseline", bundle_dir)
+    if not _bundle_complete(bundle_dir):
+        log.warning("no complete model bundle at %s: pairs get the subtraction baseline",
+                    bundle_dir)
         return {}
     metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
     return tracker.ensure_registered_model(bundle_dir, metadata, name=REGISTERED_MODEL_NAME)
@@ -223,6 +228,12 @@ def _run_on_ray(tasks: list[PersonTask], *, settings: Settings,
         ray.kill(worker)
 
 
+def _bundle_complete(bundle_dir: Path) -> bool:
+    """Return True when the bundle has its metadata and its weights."""
+    return ((bundle_dir / "configs" / "metadata.json").is_file()
+            and (bundle_dir / "models" / "model.pt").is_file())
+
+
 class _ModelHolder:
     """Loads the change model at first use and keeps it for later pairs."""
 
@@ -235,7 +246,7 @@ class _ModelHolder:
     def model(self) -> Any:
         if not self._loaded:
             self._loaded = True
-            if (self._bundle_dir / "configs" / "metadata.json").is_file():
+            if _bundle_complete(self._bundle_dir):
                 from priors.change import load_change_model
 
                 self._model = load_change_model(

@@ -274,7 +274,8 @@ def _prepare_pair(
                                kind="image", modality=pair.prior.modality)
     timings["registration_s"] = time.perf_counter() - clock
     outputs = {
-        "transform": write_transform(registration.transform, pair_dir / "transform.tfm"),
+        "transform": str(write_transform(_single_transform(registration),
+                                         pair_dir / "transform.tfm")),
         "registered_prior": _write_image(registered, pair_dir / "registered_prior.nii.gz"),
     }
     write_overlay_png(current.image, registered, pair_dir / "overlay.png",
@@ -325,6 +326,22 @@ def _prepare_pair(
         used_instances=(_used_instances(pair.current, current)
                         + _used_instances(pair.prior, prior)),
         artifacts_dir=str(pair_dir), provenance=record.to_dict())
+
+
+def _single_transform(registration: Any) -> Any:
+    """Return the registration as one affine transform, current to prior points.
+
+    ITK's text transform format cannot hold a composite transform after the first
+    entry, and the composition of the initial and optimised rigid transforms is
+    itself affine, so the 4x4 matrix loses nothing.
+    """
+    import SimpleITK as sitk
+
+    matrix = np.asarray(registration.matrix_lps, dtype=float)
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(matrix[:3, :3].ravel().tolist())
+    transform.SetTranslation(matrix[:3, 3].tolist())
+    return transform
 
 
 def _detect_change(pair, current, registered, registration, *, pair_dir: Path,

@@ -178,7 +178,8 @@ def gather_people(
     for path in source_paths:
         if not path.exists():
             raise FileNotFoundError(f"source {path} does not exist")
-        sources.append(open_source(path, issuer=issuers.get(str(path.resolve()), "")))
+        resolved = path.resolve()
+        sources.append(open_source(resolved, issuer=issuers.get(str(resolved), "")))
     Path(settings.home).mkdir(parents=True, exist_ok=True)
     catalog = Catalog(settings.catalog_url)
     ingest = catalog.ingest(sources, workers=2)
@@ -190,7 +191,7 @@ def gather_people(
                       row.location, row.pixel_sha256) for row in rows]
     records, studies = summarize(entries)
     pseudonymizer = Pseudonymizer(load_key(settings.home, configured=settings.pseudonym_key))
-    linkage = link_records(records, pseudonymizer=pseudonymizer)
+    linkage = link_records(records, pseudonymizer=pseudonymizer, studies=studies)
     rules = SelectionRules.from_settings(settings.selection)
     timelines, selections = [], []
     for studies_of_person in person_studies(linkage, studies):
@@ -385,7 +386,7 @@ def write_package_manifest(result: PersonResult, *, plan: JobPlan) -> Path:
             },
             "change": {key: value for key, value in pair.change.items()
                        if key in ("method", "reason", "bundle", "version", "lesion_count")},
-            "paths": dict(pair.outputs),
+            "paths": _manifest_paths(pair.outputs),
         })
     manifest = build_manifest(
         person_pseudonym=result.person, current_study_uid=result.current_study_uid,
@@ -393,6 +394,22 @@ def write_package_manifest(result: PersonResult, *, plan: JobPlan) -> Path:
     if result.current_volume:
         manifest.setdefault("current_volume", Path(result.current_volume).name)
     return write_manifest(Path(result.package_dir), manifest)
+
+
+def _manifest_paths(outputs: Mapping[str, str]) -> dict[str, Any]:
+    """Map the pair's output files onto the manifest's path fields."""
+    return {
+        "transform": outputs.get("transform"),
+        "registered_prior": outputs.get("registered_prior"),
+        "change_maps": [outputs[name] for name in ("change_probability", "change_labels")
+                        if name in outputs],
+        "dicom_outputs": [outputs[name] for name in ("segmentation", "parametric_map")
+                          if name in outputs],
+        "lesions": outputs.get("lesions"),
+        "provenance": outputs.get("provenance"),
+        "provenance_prov": outputs.get("provenance_prov"),
+        "previews": [outputs[name] for name in ("preview", "overlay") if name in outputs],
+    }
 
 
 def _link_decision_rows(linkage: Any, pseudonymizer: Pseudonymizer) -> list[dict[str, Any]]:

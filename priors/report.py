@@ -7,7 +7,7 @@ from typing import Any
 
 __all__ = ["JobReport"]
 
-# Rejected and skipped files listed one by one in the text report; the JSON has all.
+# Rejected files listed one by one in the text report; the JSON lists every file.
 MAX_LISTED_FILES = 40
 OUTCOMES = ("used", "indexed", "skipped", "rejected")
 
@@ -73,12 +73,18 @@ class JobReport:
         ]
         if not self.counts_add_up:
             lines.append("WARNING: the outcome counts do not add up to the files found")
-        listed = [item for item in self.file_reasons if item.get("outcome") == "rejected"]
-        listed += [item for item in self.file_reasons if item.get("outcome") == "skipped"]
-        for item in listed[:MAX_LISTED_FILES]:
-            lines.append(f"  {item['outcome']}: {item['location']}: {item['reason']}")
-        if len(listed) > MAX_LISTED_FILES:
-            lines.append(f"  ... and {len(listed) - MAX_LISTED_FILES} more in the JSON report")
+        rejected = [item for item in self.file_reasons if item.get("outcome") == "rejected"]
+        for item in rejected[:MAX_LISTED_FILES]:
+            lines.append(f"  rejected: {item['location']}: {item['reason']}")
+        if len(rejected) > MAX_LISTED_FILES:
+            lines.append(f"  ... and {len(rejected) - MAX_LISTED_FILES} more rejected files "
+                         "in the JSON report")
+        skipped: dict[str, int] = {}
+        for item in self.file_reasons:
+            if item.get("outcome") == "skipped":
+                skipped[item["reason"]] = skipped.get(item["reason"], 0) + 1
+        for reason, count in sorted(skipped.items(), key=lambda entry: -entry[1]):
+            lines.append(f"  skipped {count} files: {reason}")
         if self.absent_references:
             lines.append(f"  {len(self.absent_references)} DICOMDIR records name files "
                          "that are not on the media (counted as absent)")

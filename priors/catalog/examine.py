@@ -1,0 +1,139 @@
+"""Decide the outcome of one file: read its header and hashes, or give the reason it cannot.
+
+``examine_file`` runs in worker processes, so it takes and returns plain picklable
+values and never touches the database. It never raises for a bad file: every
+failure becomes a ``rejected`` or ``skipped`` outcome with a reason that names the
+file, the tag and the value found.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import MediaStorageDirectoryStorage
+
+from priors.dicom.hashing import PixelDataError, file_sha256, pixel_sha256_from_dataset
+from priors.dicom.header import (
+    InstanceHeader,
+    dataset_transfer_syntax,
+    find_truncation,
+    header_from_dataset,
+    missing_uids,
+    read_dataset,
+)
+from priors.dicom.sniff import DICOM_RAW, NOT_DICOM, sniff
+from priors.sources.base import ROLE_ARCHIVE, ROLE_DICOMDIR
+
+__all__ = ["FileResult", "examine_file"]
+
+logger = logging.getLogger(__name__)
+
+REASON_DICOMDIR = "DICOMDIR read as an index"
+REASON_ARCHIVE = "ZIP archive; its members are listed as files of their own"
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The outcome of one file with what was read from it."""
+
+    path: str
+    outcome: str
+    reason: str
+    size: int | None = None
+    mtime_ns: int | None = None
+    file_sha256: str | None = None
+    pixel_sha256: str | None = None
+    header: InstanceHeader | None = None
+
+
+def examine_file(path: str, role: str, error: str = "") -> FileResult:
+    """Read one file and decide whether it is indexed, skipped or rejected.
+
+    Parameters
+    ----------
+    path
+        The file to read.
+    role
+        The role its source gave it (``instance``, ``dicomdir`` or ``archive``).
+    error
+        A failure the source already met with this file, such as a corrupt archive.
+    """
+    try:
+        status = os.stat(path)
+    except OSError as err:
+        return FileResult(path, "rejected", f"unreadable: {err.strerror or err}")
+    size, mtime_ns = status.st_size, status.st_mtime_ns
+
+    def result(outcome: str, reason: str, **values: object) -> FileResult:
+        return FileResult(path, outcome, reason, size=size, mtime_ns=mtime_ns, **values)  # type: ignore[arg-type]
+
+    if error:
+        return result("rejected", error)
+    if role == ROLE_ARCHIVE:
+        return result("skipped", REASON_ARCHIVE)
+    if not stat.S_ISREG(status.st_mode):
+        # Reading a FIFO or device could block or never end.
+        return result("skipped", "not a regular file")
+    if size == 0:
+        return result("skipped", "not DICOM: empty file (0 bytes)")
+
+    try:
+        kind = sniff(path)
+    except OSError as err:
+        return result("rejected", f"unreadable: {err.strerror or err}")
+    if kind == NOT_DICOM:
+        return result(
+            "skipped",
+            "not DICOM: no 'DICM' prefix at byte 128 and no group 0002 or 0008 element "
+            "at byte 0",
+        )
+    if role == ROLE_DICOMDIR:
+        return result("skipped", REASON_DICOMDIR)
+
+    return _examine_dicom(path, raw=kind == DICOM_RAW, result=result)
+
+
+def _examine_dicom(path: str, *, raw: bool, result) -> FileResult:  # type: ignore[no-untyped-def]
+    try:
+        digest = file_sha256(path)
+        ds = read_dataset(path, defer_size=None)
+    except OSError as err:
+        return result("rejected", f"unreadable: {err.strerror or err}")
+    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as err:
+        return result("rejected", f"invalid DICOM: {type(err).__name__}: {err}",
+                      file_sha256=digest)
+
+    file_meta = getattr(ds, "file_meta", None)
+    media_class = str(file_meta.get("MediaStorageSOPClassUID", "")) if file_meta else ""
+    if media_class == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
+        return result("skipped", REASON_DICOMDIR, file_sha256=digest)
+
+    truncation = find_truncation(ds)
+    if truncation:
+        return result("rejected", f"truncated: {truncation}", file_sha256=digest)
+
+    syntax = dataset_transfer_syntax(ds)
+    header = header_from_dataset(ds, transfer_syntax_uid=syntax)
+    missing = missing_uids(header)
+    if missing:
+        return result("rejected", f"invalid: missing {', '.join(missing)}", file_sha256=digest)
+
+    try:
+        pixel_digest = pixel_sha256_from_dataset(ds, transfer_syntax_uid=syntax)
+    except PixelDataError as err:
+        return result("rejected", f"truncated pixel data: {err}", file_sha256=digest)
+    except (ValueError, TypeError, AttributeError) as err:
+        return result("rejected", f"invalid pixel description: {type(err).__name__}: {err}",
+                      file_sha256=digest)
+
+    reason = ""
+    if raw:
+        reason = (f"no File Meta Information; read as a bare data set in transfer syntax "
+                  f"{syntax}")
+        logger.warning("%s: %s", path, reason)
+    return result("indexed", reason, file_sha256=digest, pixel_sha256=pixel_digest,
+                  header=header)

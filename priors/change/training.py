@@ -1,0 +1,168 @@
+"""The supervised training loop of the change network (torch, CPU or GPU).
+
+The loop takes ready examples, so it knows nothing of where they come from; the
+training job builds them from synthetic pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TrainingHistory", "train_change_network"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch mean losses and the run's totals."""
+
+    epoch_loss: list[float] = field(default_factory=list)
+    epoch_dice_loss: list[float] = field(default_factory=list)
+    epoch_ce_loss: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    stopped_by_time: bool = False
+
+
+def _random_crop_and_flip(
+    inputs: np.ndarray, labels: np.ndarray, roi_size: Sequence[int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    starts = [int(rng.integers(0, s - r + 1)) for s, r in zip(labels.shape, roi_size, strict=True)]
+    window = tuple(slice(b, b + r) for b, r in zip(starts, roi_size, strict=True))
+    inputs = inputs[(slice(None), *window)]
+    labels = labels[window]
+    # Left-right and anterior-posterior mirror images are plausible chests; z is not flipped.
+    for axis in (1, 2):
+        if rng.random() < 0.5:
+            inputs = np.flip(inputs, axis=axis + 1)
+            labels = np.flip(labels, axis=axis)
+    return np.ascontiguousarray(inputs), np.ascontiguousarray(labels)
+
+
+def train_change_network(
+    network: Any,
+    examples: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    roi_size: Sequence[int],
+    epochs: int,
+    batch_size: int = 4,
+    learning_rate: float = 2e-3,
+    change_class_weight: float = 4.0,
+    max_seconds: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> TrainingHistory:
+    """Train ``network`` in place on (inputs, labels) examples.
+
+    Parameters
+    ----------
+    network
+        A torch module mapping (B, 3, z, y, x) inputs to (B, 3, z, y, x) logits.
+    examples
+        ``(inputs, labels)``: (3, z, y, x) float32 and (z, y, x) uint8, each at
+        least ``roi_size``; a random ``roi_size`` crop of each is used per epoch.
+    epochs
+        Passes over the examples; fewer when ``max_seconds`` runs out first.
+    change_class_weight
+        Cross-entropy weight of the two change classes relative to no change, since
+        change voxels are about 1 % of the training voxels.
+    max_seconds
+        Wall-time budget; the learning rate follows a cosine from ``learning_rate``
+        to 0 over whichever of the steps or the time ends first.
+    on_epoch
+        Called with (epoch, mean loss) after each epoch.
+
+    Returns
+    -------
+    TrainingHistory
+    """
+    import torch
+    from monai.losses import DiceLoss
+
+    if not examples:
+        raise ValueError("no training examples given; expected at least one (inputs, labels) pair")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    network.to(device).train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+    weights = torch.tensor([1.0, change_class_weight, change_class_weight], device=device)
+    cross_entropy = torch.nn.CrossEntropyLoss(weight=weights)
+    # Dice over the batch on the change classes only: patches without change would
+    # otherwise give an undefined per-sample Dice.
+    dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+
+    steps_per_epoch = math.ceil(len(examples) / batch_size)
+    total_steps = steps_per_epoch * epochs
+    history = TrainingHistory()
+    started = time.monotonic()
+
+    for epoch in range(epochs):
+        order = rng.permutation(len(examples))
+        totals = np.zeros(3)
+        for first in range(0, len(order), batch_size):
+            elapsed = time.monotonic() - started
+            progress = history.steps / total_steps
+            if max_seconds:
+                if elapsed >= max_seconds:
+                    history.stopped_by_time = True
+                    break
+                progress = max(progress, elapsed / max_seconds)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+            crops = [
+                _random_crop_and_flip(*examples[i], roi_size, rng)
+                for i in order[first : first + batch_size]
+            ]
+            inputs = torch.from_numpy(np.stack([c[0] for c in crops])).to(device)
+            labels = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64)).to(device)
+            logits = network(inputs)
+            dice_loss = dice(logits, labels[:, None])
+            ce_loss = cross_entropy(logits, labels)
+            loss = dice_loss + ce_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history.steps += 1
+            totals += (loss.item(), dice_loss.item(), ce_loss.item())
+
+        batches = (
+            max(1, math.ceil(len(order) / batch_size)) if not history.stopped_by_time else None
+        )
+        if batches is None:
+            # The last epoch stopped part-way; its mean covers the steps it ran.
+            batches = max(1, history.steps - steps_per_epoch * epoch)
+        if totals.any():
+            mean = totals / batches
+            history.epoch_loss.append(float(mean[0]))
+            history.epoch_dice_loss.append(float(mean[1]))
+            history.epoch_ce_loss.append(float(mean[2]))
+            logger.info(
+                "epoch %d: loss %.4f (dice %.4f, cross-entropy %.4f), %d steps, %.0f s",
+                epoch + 1,
+                mean[0],
+                mean[1],
+                mean[2],
+                history.steps,
+                time.monotonic() - started,
+            )
+            if on_epoch is not None:
+                on_epoch(epoch, float(mean[0]))
+        if history.stopped_by_time:
+            logger.info(
+                "training stopped by its %.0f s budget after %d steps", max_seconds, history.steps
+            )
+            break
+
+    history.seconds = time.monotonic() - started
+    network.eval()
+    return history

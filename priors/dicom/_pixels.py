@@ -1,0 +1,180 @@
+"""Decoding of stored pixel data, its hash and the conversion to output values."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder, pixel_array
+from pydicom.uid import UID
+
+__all__ = [
+    "PixelDecodeError",
+    "decode_stored",
+    "output_dtype",
+    "invert_monochrome1",
+    "pixel_sha256",
+    "rescale",
+]
+
+logger = logging.getLogger(__name__)
+
+# Rescale values closer than this to an integer count as integral: DS strings such as
+# "1.00000000000001" come from float formatting on the scanner, not from a real fraction.
+INTEGRAL_RESCALE_TOLERANCE = 1e-6
+
+
+class PixelDecodeError(ValueError):
+    """Raised when the pixel data of an instance cannot be decoded."""
+
+
+def _native_stored_array(ds: Dataset) -> np.ndarray | None:
+    """Return native Pixel Data as an array of the stored type, without bit corrections.
+
+    Returns None for cases the raw view does not cover (bit-packed or colour data).
+    """
+    bits_allocated = int(ds.BitsAllocated)
+    if bits_allocated not in (8, 16, 32) or int(ds.get("SamplesPerPixel", 1)) != 1:
+        return None
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits_allocated // 8}")
+    if not ds.file_meta.TransferSyntaxUID.is_little_endian:
+        dtype = dtype.newbyteorder(">")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    count = frames * int(ds.Rows) * int(ds.Columns)
+    raw = np.frombuffer(ds.PixelData, dtype=dtype, count=count)
+    return raw.astype(dtype.newbyteorder("<"))
+
+
+def pixel_sha256(ds: Dataset, decoded: np.ndarray) -> str:
+    """Hash the stored pixel values of an instance: stored type, C order, little endian.
+
+    For native (uncompressed) data the hash covers the Pixel Data value as written, so it
+    equals the hash that ingest computes without decoding. For compressed data it covers
+    the decoder's output.
+    """
+    transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
+    array = None
+    if not transfer_syntax.is_compressed:
+        array = _native_stored_array(ds)
+    if array is None:
+        array = np.ascontiguousarray(decoded)
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return hashlib.sha256(array.tobytes(order="C")).hexdigest()
+
+
+def decode_stored(ds: Dataset, path: str) -> np.ndarray:
+    """Decode the stored pixel values of an instance as a (frames, rows, columns) array.
+
+    Values are returned before rescale and photometric changes. For compressed transfer
+    syntaxes each pydicom decoder plugin is tried in turn.
+
+    Raises
+    ------
+    PixelDecodeError
+        When no plugin decodes the data. The message lists each plugin's reason,
+        including plugins that are not installed.
+    """
+    if "PixelData" not in ds:
+        raise PixelDecodeError(f"{path}: (7FE0,0010) Pixel Data is missing")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise PixelDecodeError(
+            f"{path}: (0028,0002) Samples per Pixel is {ds.SamplesPerPixel}, expected 1 "
+            "(colour images are not built into volumes)"
+        )
+
+    transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
+    if transfer_syntax.is_compressed:
+        array = _decode_with_plugins(ds, path, transfer_syntax)
+    else:
+        try:
+            array = pixel_array(ds)
+        except (ValueError, AttributeError, NotImplementedError) as err:
+            raise PixelDecodeError(f"{path}: native pixel data is invalid: {err}") from err
+    return array.reshape(-1, int(ds.Rows), int(ds.Columns))
+
+
+def _plugin_reason(name: str, err: Exception) -> str:
+    """Return a plugin's own message without pydicom's "all plugins failed" wrapper."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    return last.removeprefix(f"{name}: ")
+
+
+def _decode_with_plugins(ds: Dataset, path: str, transfer_syntax: UID) -> np.ndarray:
+    try:
+        decoder = get_decoder(transfer_syntax)
+    except NotImplementedError as err:
+        raise PixelDecodeError(
+            f"{path}: (0002,0010) Transfer Syntax UID {transfer_syntax} "
+            f"({transfer_syntax.name}) has no pixel data decoder in pydicom "
+            f"{pydicom.__version__}"
+        ) from err
+
+    reasons: list[str] = []
+    for missing in decoder.missing_dependencies:
+        reasons.append(f"not available: {missing}")
+    for name in decoder.available_plugins:
+        try:
+            return pixel_array(ds, decoding_plugin=name)
+        except Exception as err:  # every plugin's reason goes into one error
+            reasons.append(f"{name}: {_plugin_reason(name, err)}")
+            logger.debug("decoder plugin %s failed on %s: %s", name, path, err)
+    raise PixelDecodeError(
+        f"{path}: no decoder could read (0002,0010) Transfer Syntax UID {transfer_syntax} "
+        f"({transfer_syntax.name}); " + "; ".join(reasons)
+    )
+
+
+def _is_integral(value: float) -> bool:
+    return abs(value - round(value)) <= INTEGRAL_RESCALE_TOLERANCE
+
+
+def output_dtype(
+    ranges: Sequence[tuple[float, float]], rescales: Sequence[tuple[float, float]]
+) -> np.dtype:
+    """Choose int16, uint16 or float32 for rescaled values.
+
+    Parameters
+    ----------
+    ranges : sequence of (min, max)
+        Stored value range of each slice.
+    rescales : sequence of (slope, intercept)
+        Rescale Slope and Rescale Intercept of each slice, in the same order.
+    """
+    if not all(_is_integral(s) and _is_integral(b) for s, b in rescales):
+        return np.dtype(np.float32)
+    ends = [
+        (lo * slope + intercept, hi * slope + intercept)
+        for (lo, hi), (slope, intercept) in zip(ranges, rescales, strict=True)
+    ]
+    low = min(min(pair) for pair in ends)
+    high = max(max(pair) for pair in ends)
+    for dtype in (np.dtype(np.int16), np.dtype(np.uint16)):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return dtype
+    return np.dtype(np.float32)
+
+
+def invert_monochrome1(stored: np.ndarray, *, bits_stored: int) -> np.ndarray:
+    """Invert MONOCHROME1 values within the range of (0028,0101) Bits Stored.
+
+    After inversion higher values are brighter, as in MONOCHROME2 (PS3.3 C.7.6.3.1.2).
+    """
+    values = stored.astype(np.int64)
+    if np.issubdtype(stored.dtype, np.signedinteger):
+        return -1 - values
+    return ((1 << bits_stored) - 1) - values
+
+
+def rescale(values: np.ndarray, *, slope: float, intercept: float, dtype: np.dtype) -> np.ndarray:
+    """Apply (0028,1053) Rescale Slope and (0028,1052) Rescale Intercept to one slice."""
+    result = values.astype(np.float64) * slope + intercept
+    if dtype.kind in "iu":
+        return np.rint(result).astype(dtype)
+    return result.astype(dtype)

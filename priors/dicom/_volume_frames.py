@@ -1,0 +1,243 @@
+"""One record per stored 2-D frame: geometry, pixel transform and the keys that split stacks."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from priors.dicom import _pixels
+
+__all__ = [
+    "CommonFields",
+    "Frame",
+    "FrameReadError",
+    "Instance",
+    "common_fields",
+    "float_values",
+    "number_or",
+    "read_frames",
+    "temporal_key",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class FrameReadError(ValueError):
+    """Raised when a file cannot give frames with complete geometry."""
+
+
+@dataclass(eq=False)
+class Instance:
+    """A read instance whose pixel data is decoded on first use and then cached."""
+
+    path: str
+    dataset: Dataset
+    _stored: np.ndarray | None = field(default=None, repr=False)
+    _sha256: str | None = field(default=None, repr=False)
+
+    def stored(self) -> np.ndarray:
+        """Return the stored values as a (frames, rows, columns) array."""
+        if self._stored is None:
+            self._stored = _pixels.decode_stored(self.dataset, self.path)
+            # Hash now, so the encoded Pixel Data can be released to halve memory use.
+            self._sha256 = _pixels.pixel_sha256(self.dataset, self._stored)
+            del self.dataset.PixelData
+        return self._stored
+
+    def pixel_sha256(self) -> str:
+        """Return the SHA-256 of the decoded stored pixel data of the whole instance."""
+        if self._sha256 is None:
+            self.stored()
+        assert self._sha256 is not None
+        return self._sha256
+
+
+@dataclass(eq=False)
+class Frame:
+    """One 2-D plane of an instance, with its geometry in LPS millimetres."""
+
+    instance: Instance
+    frame_index: int  # 0-based index into the instance's frames
+    sop_instance_uid: str
+    series_instance_uid: str
+    image_position_patient: np.ndarray  # (3,) mm, LPS
+    image_orientation_patient: np.ndarray  # (6,) row then column direction cosines
+    pixel_spacing: tuple[float, float]  # (between rows, between columns), mm
+    rows: int
+    columns: int
+    rescale_slope: float
+    rescale_intercept: float
+    photometric_interpretation: str
+    bits_stored: int
+    echo: str  # echo number or effective echo time, "" when absent
+    image_type: tuple[str, ...]
+    temporal_key: tuple[float, ...]  # orders frames that share one position in time
+    stack_id: str  # (0020,9056) Stack ID of enhanced images, "" otherwise
+    modality: str
+    tile: tuple[slice, slice] | None = None  # (rows, columns) of a mosaic tile
+
+    @property
+    def path(self) -> str:
+        return self.instance.path
+
+    @property
+    def is_multiframe(self) -> bool:
+        return "PerFrameFunctionalGroupsSequence" in self.instance.dataset
+
+    def stored(self) -> np.ndarray:
+        """Return the stored values of this frame, (rows, columns)."""
+        if self.tile is not None:
+            return self.instance.stored()[0][self.tile]
+        return self.instance.stored()[self.frame_index]
+
+    def frame_sha256(self) -> str:
+        """Return the SHA-256 of this frame's stored values (for duplicate checks)."""
+        array = np.ascontiguousarray(self.stored())
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        return hashlib.sha256(array.tobytes()).hexdigest()
+
+
+def float_values(value: Any, count: int, *, path: str, tag: str) -> np.ndarray:
+    """Convert a multi-valued DS element to floats, checking the number of values."""
+    if value is None:
+        raise FrameReadError(f"{path}: {tag} is missing")
+    values = (
+        list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    )
+    if len(values) != count:
+        raise FrameReadError(f"{path}: {tag} has {len(values)} values, expected {count}")
+    try:
+        return np.array([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise FrameReadError(f"{path}: {tag} value {values!r} is not numeric") from err
+
+
+def number_or(value: Any, default: float) -> float:
+    """Convert a numeric element value to float, or return default when absent or invalid."""
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def temporal_key(ds: Dataset) -> tuple[float, ...]:
+    """Build the key that orders single-frame instances sharing one position in time.
+
+    (0020,0100) Temporal Position Identifier comes first, then (0018,1060) Trigger Time and
+    (0020,0012) Acquisition Number. Missing values sort first. Instance Number is left out
+    because a re-sent, changed image gets a new one without being a new time point.
+    """
+    return (
+        number_or(ds.get("TemporalPositionIdentifier"), -1.0),
+        number_or(ds.get("TriggerTime"), -1.0),
+        number_or(ds.get("AcquisitionNumber"), -1.0),
+    )
+
+
+class CommonFields(TypedDict):
+    """Attributes that every frame of one instance shares."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    rows: int
+    columns: int
+    photometric_interpretation: str
+    bits_stored: int
+    modality: str
+
+
+def common_fields(ds: Dataset, path: str) -> CommonFields:
+    """Read the attributes every frame of an instance shares."""
+    for keyword, tag in (
+        ("SOPInstanceUID", "(0008,0018) SOP Instance UID"),
+        ("SeriesInstanceUID", "(0020,000E) Series Instance UID"),
+        ("Rows", "(0028,0010) Rows"),
+        ("Columns", "(0028,0011) Columns"),
+    ):
+        if ds.get(keyword) in (None, ""):
+            raise FrameReadError(f"{path}: {tag} is missing")
+    return CommonFields(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        photometric_interpretation=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16))),
+        modality=str(ds.get("Modality", "")),
+    )
+
+
+def _single_frame(instance: Instance) -> list[Frame]:
+    ds, path = instance.dataset, instance.path
+    common = common_fields(ds, path)
+    position = float_values(
+        ds.get("ImagePositionPatient"), 3, path=path, tag="(0020,0032) Image Position (Patient)"
+    )
+    orientation = float_values(
+        ds.get("ImageOrientationPatient"),
+        6,
+        path=path,
+        tag="(0020,0037) Image Orientation (Patient)",
+    )
+    spacing = float_values(ds.get("PixelSpacing"), 2, path=path, tag="(0028,0030) Pixel Spacing")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise FrameReadError(
+            f"{path}: (0028,0008) Number of Frames is {frames} without a "
+            "(5200,9230) Per-frame Functional Groups Sequence, expected 1"
+        )
+    return [
+        Frame(
+            instance=instance,
+            frame_index=0,
+            image_position_patient=position,
+            image_orientation_patient=orientation,
+            pixel_spacing=(float(spacing[0]), float(spacing[1])),
+            rescale_slope=number_or(ds.get("RescaleSlope"), 1.0),
+            rescale_intercept=number_or(ds.get("RescaleIntercept"), 0.0),
+            echo=str(ds.get("EchoNumbers", "") or ""),
+            image_type=tuple(str(v) for v in ds.get("ImageType", [])),
+            temporal_key=temporal_key(ds),
+            stack_id="",
+            **common,
+        )
+    ]
+
+
+def read_frames(path: str | Path) -> list[Frame]:
+    """Read one file into its frames.
+
+    A single-frame image gives one frame. An enhanced multi-frame image gives one per frame,
+    with geometry from the functional groups, and a Siemens mosaic gives one per tile.
+
+    Raises
+    ------
+    FrameReadError
+        When the file is not DICOM or lacks a geometry attribute.
+    """
+    from priors.dicom import _mosaic, _multiframe
+
+    path = str(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError) as err:
+        raise FrameReadError(f"{path}: not a readable DICOM file: {err}") from err
+    if "PixelData" not in ds:
+        raise FrameReadError(f"{path}: (7FE0,0010) Pixel Data is missing")
+
+    instance = Instance(path=path, dataset=ds)
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return _multiframe.enhanced_frames(instance)
+    if _mosaic.is_mosaic(ds):
+        return _mosaic.mosaic_frames(instance)
+    return _single_frame(instance)

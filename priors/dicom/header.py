@@ -1,0 +1,396 @@
+"""Typed records of the DICOM header fields that later layers need.
+
+``read_header`` reads a file without loading its pixel values and returns an
+``InstanceHeader``. Parsing is tolerant: a missing or malformed value becomes ``""``
+or ``None`` and never raises, so one bad attribute cannot hide an instance. Whether
+the instance is valid (it has its UIDs, it is complete) is decided at ingest, which
+calls ``missing_uids`` and ``find_truncation``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from priors.dicom.names import person_name_text
+
+__all__ = [
+    "REQUIRED_UIDS",
+    "InstanceHeader",
+    "dataset_transfer_syntax",
+    "find_truncation",
+    "header_from_dataset",
+    "header_from_dict",
+    "header_to_dict",
+    "missing_uids",
+    "read_dataset",
+    "read_header",
+]
+
+logger = logging.getLogger(__name__)
+
+# Values longer than this stay on disk when ``read_header`` reads a file; Pixel Data
+# is then present as an element but its bytes are never loaded.
+DEFER_SIZE_BYTES = 4096
+
+# Element value length meaning "undefined", ended by a delimitation item (PS3.5 7.1.1).
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+# Attributes without which an instance cannot be placed in the catalog.
+REQUIRED_UIDS = (
+    ("SOPInstanceUID", "(0008,0018)"),
+    ("StudyInstanceUID", "(0020,000D)"),
+    ("SeriesInstanceUID", "(0020,000E)"),
+)
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """Header fields of one DICOM instance, parsed into Python types.
+
+    Text is ``""`` and numbers are ``None`` when the attribute is missing or invalid.
+    Geometry is in LPS millimetres as DICOM stores it. ``patient_name`` is the decoded
+    Person Name with its component groups joined by ``=``. Identifying fields are
+    left out of the ``repr``, so a logged or failing record shows no identity.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    transfer_syntax_uid: str
+    patient_id: str = field(repr=False)
+    issuer_of_patient_id: str
+    other_patient_ids: tuple[tuple[str, str], ...] = field(repr=False)
+    patient_name: str = field(repr=False)
+    patient_birth_date: str = field(repr=False)
+    patient_sex: str
+    accession_number: str = field(repr=False)
+    study_date: str
+    study_time: str
+    series_date: str
+    series_time: str
+    acquisition_date: str
+    acquisition_time: str
+    content_date: str
+    content_time: str
+    modality: str
+    body_part_examined: str
+    study_description: str
+    series_description: str
+    study_id: str
+    series_number: int | None
+    instance_number: int | None
+    acquisition_number: int | None
+    image_type: tuple[str, ...]
+    image_position_patient: tuple[float, float, float] | None
+    image_orientation_patient: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    spacing_between_slices: float | None
+    rows: int | None
+    columns: int | None
+    number_of_frames: int
+    bits_allocated: int | None
+    photometric_interpretation: str
+    convolution_kernel: str
+    contrast_bolus_agent: str
+    echo_time: float | None
+    repetition_time: float | None
+    echo_numbers: str
+    manufacturer: str
+    manufacturer_model_name: str
+    institution_name: str
+    station_name: str
+    magnetic_field_strength: float | None
+    patient_position: str
+    has_pixel_data: bool
+
+
+def read_dataset(
+    path: str | os.PathLike[str], *, defer_size: int | None = DEFER_SIZE_BYTES
+) -> Dataset:
+    """Read a DICOM file, with or without the Part 10 preamble and file meta.
+
+    A file without file meta is read as a bare data set; pydicom infers Implicit or
+    Explicit VR Little Endian from its first element.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be read.
+    pydicom.errors.InvalidDicomError
+        When pydicom cannot parse it at all.
+    """
+    with warnings.catch_warnings():
+        # pydicom warns about invalid values as it meets them; the header parser
+        # below maps them to "" or None instead.
+        warnings.simplefilter("ignore", UserWarning)
+        return pydicom.dcmread(os.fspath(path), force=True, defer_size=defer_size)
+
+
+def read_header(path: str | os.PathLike[str], *, dataset: Dataset | None = None) -> InstanceHeader:
+    """Read the header of a DICOM file into an ``InstanceHeader``.
+
+    Parameters
+    ----------
+    path
+        DICOM file, Part 10 or a bare data set.
+    dataset
+        The data set already read from ``path``; the file is not read again.
+
+    Returns
+    -------
+    InstanceHeader
+        The parsed header. Pixel values are not loaded.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be read.
+    pydicom.errors.InvalidDicomError
+        When pydicom cannot parse it.
+    """
+    ds = dataset if dataset is not None else read_dataset(path)
+    return header_from_dataset(ds, transfer_syntax_uid=dataset_transfer_syntax(ds))
+
+
+def dataset_transfer_syntax(ds: Dataset) -> str:
+    """Return the transfer syntax a data set was read with.
+
+    The file meta's (0002,0010) Transfer Syntax UID when present, else the encoding
+    pydicom inferred for a bare data set.
+    """
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
+    if syntax:
+        return syntax
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return ""
+    if implicit:
+        return str(ImplicitVRLittleEndian)
+    return str(ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+
+
+def header_from_dataset(ds: Dataset, *, transfer_syntax_uid: str) -> InstanceHeader:
+    """Parse a data set into an ``InstanceHeader``; never raises on bad values.
+
+    Parameters
+    ----------
+    ds
+        The data set, read with or without its pixel data.
+    transfer_syntax_uid
+        Transfer syntax of the encoded instance.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return InstanceHeader(
+            sop_class_uid=_text(ds, "SOPClassUID"),
+            sop_instance_uid=_text(ds, "SOPInstanceUID"),
+            study_instance_uid=_text(ds, "StudyInstanceUID"),
+            series_instance_uid=_text(ds, "SeriesInstanceUID"),
+            frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+            transfer_syntax_uid=transfer_syntax_uid,
+            patient_id=_text(ds, "PatientID"),
+            issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+            other_patient_ids=_other_patient_ids(ds),
+            patient_name=_person_name(ds, "PatientName"),
+            patient_birth_date=_text(ds, "PatientBirthDate"),
+            patient_sex=_text(ds, "PatientSex"),
+            accession_number=_text(ds, "AccessionNumber"),
+            study_date=_text(ds, "StudyDate"),
+            study_time=_text(ds, "StudyTime"),
+            series_date=_text(ds, "SeriesDate"),
+            series_time=_text(ds, "SeriesTime"),
+            acquisition_date=_text(ds, "AcquisitionDate"),
+            acquisition_time=_text(ds, "AcquisitionTime"),
+            content_date=_text(ds, "ContentDate"),
+            content_time=_text(ds, "ContentTime"),
+            modality=_text(ds, "Modality"),
+            body_part_examined=_text(ds, "BodyPartExamined"),
+            study_description=_text(ds, "StudyDescription"),
+            series_description=_text(ds, "SeriesDescription"),
+            study_id=_text(ds, "StudyID"),
+            series_number=_integer(ds, "SeriesNumber"),
+            instance_number=_integer(ds, "InstanceNumber"),
+            acquisition_number=_integer(ds, "AcquisitionNumber"),
+            image_type=_texts(ds, "ImageType"),
+            image_position_patient=_floats(ds, "ImagePositionPatient", count=3),  # type: ignore[arg-type]
+            image_orientation_patient=_floats(ds, "ImageOrientationPatient", count=6),
+            pixel_spacing=_floats(ds, "PixelSpacing", count=2),  # type: ignore[arg-type]
+            slice_thickness=_number(ds, "SliceThickness"),
+            spacing_between_slices=_number(ds, "SpacingBetweenSlices"),
+            rows=_integer(ds, "Rows"),
+            columns=_integer(ds, "Columns"),
+            number_of_frames=max(_integer(ds, "NumberOfFrames") or 1, 1),
+            bits_allocated=_integer(ds, "BitsAllocated"),
+            photometric_interpretation=_text(ds, "PhotometricInterpretation"),
+            convolution_kernel="\\".join(_texts(ds, "ConvolutionKernel")),
+            contrast_bolus_agent=_text(ds, "ContrastBolusAgent"),
+            echo_time=_number(ds, "EchoTime"),
+            repetition_time=_number(ds, "RepetitionTime"),
+            echo_numbers="\\".join(_texts(ds, "EchoNumbers")),
+            manufacturer=_text(ds, "Manufacturer"),
+            manufacturer_model_name=_text(ds, "ManufacturerModelName"),
+            institution_name=_text(ds, "InstitutionName"),
+            station_name=_text(ds, "StationName"),
+            magnetic_field_strength=_number(ds, "MagneticFieldStrength"),
+            patient_position=_text(ds, "PatientPosition"),
+            has_pixel_data=any(keyword in ds for keyword in _PIXEL_KEYWORDS),
+        )
+
+
+def missing_uids(header: InstanceHeader) -> list[str]:
+    """Return the required UIDs that the header lacks, as "(gggg,eeee) Keyword"."""
+    values = {
+        "SOPInstanceUID": header.sop_instance_uid,
+        "StudyInstanceUID": header.study_instance_uid,
+        "SeriesInstanceUID": header.series_instance_uid,
+    }
+    return [f"{tag} {keyword}" for keyword, tag in REQUIRED_UIDS if not values[keyword]]
+
+
+def find_truncation(ds: Dataset) -> str | None:
+    """Describe how a data set read from a truncated file is cut short, else ``None``.
+
+    pydicom stops quietly at the end of a file, leaving the last element shorter than
+    its declared length. Only the last top-level element can be cut; its raw length
+    is compared with the bytes read.
+
+    NOTE: a file cut inside a sequence of undefined length is not detected, because
+    such a sequence declares no length to compare with.
+    """
+    tags = list(ds.keys())
+    if not tags:
+        return "the data set has no elements after the File Meta Information"
+    element = ds.get_item(tags[-1])
+    if not isinstance(element, RawDataElement):
+        return None
+    if element.length == UNDEFINED_LENGTH or element.value is None:
+        return None
+    found = len(element.value)
+    if found >= element.length:
+        return None
+    return (
+        f"{element.tag} has {found} bytes of its declared {element.length}: "
+        "the file is truncated"
+    )
+
+
+def header_to_dict(header: InstanceHeader) -> dict[str, Any]:
+    """Return the header as JSON-ready values (tuples become lists)."""
+    return dataclasses.asdict(header)
+
+
+def header_from_dict(data: Mapping[str, Any]) -> InstanceHeader:
+    """Rebuild an ``InstanceHeader`` from ``header_to_dict`` output, as read from JSON."""
+    values = dict(data)
+    for name in ("image_type", "image_position_patient", "image_orientation_patient",
+                 "pixel_spacing"):
+        if values.get(name) is not None:
+            values[name] = tuple(values[name])
+    values["other_patient_ids"] = tuple(
+        (str(pair[0]), str(pair[1])) for pair in values.get("other_patient_ids") or ()
+    )
+    known = {field.name for field in dataclasses.fields(InstanceHeader)}
+    return InstanceHeader(**{name: value for name, value in values.items() if name in known})
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    try:
+        return ds.get(keyword)
+    except Exception:  # pydicom raises many types on invalid values
+        logger.debug("cannot parse %s; treated as missing", keyword, exc_info=True)
+        return None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = _value(ds, keyword)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin-1", errors="replace").strip(" \x00")
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(item) for item in value).strip(" \x00")
+    return str(value).strip(" \x00")
+
+
+def _texts(ds: Dataset, keyword: str) -> tuple[str, ...]:
+    value = _value(ds, keyword)
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return (value.strip(),)
+    try:
+        return tuple(str(item).strip() for item in value)
+    except TypeError:
+        return (str(value).strip(),)
+
+
+def _number(ds: Dataset, keyword: str) -> float | None:
+    value = _value(ds, keyword)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, bytes, int, float)):
+        try:
+            value = value[0]
+        except (TypeError, IndexError):
+            return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _integer(ds: Dataset, keyword: str) -> int | None:
+    number = _number(ds, keyword)
+    if number is None or number != number or not number.is_integer():
+        return None
+    return int(number)
+
+
+def _floats(ds: Dataset, keyword: str, *, count: int) -> tuple[float, ...] | None:
+    value = _value(ds, keyword)
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        numbers = tuple(float(item) for item in value)
+    except (TypeError, ValueError):
+        return None
+    if len(numbers) != count:
+        return None
+    return numbers
+
+
+def _person_name(ds: Dataset, keyword: str) -> str:
+    try:
+        return person_name_text(ds, keyword)
+    except Exception:  # a bad name must not hide the instance
+        logger.debug("cannot decode %s; treated as missing", keyword)
+        return ""
+
+
+def _other_patient_ids(ds: Dataset) -> tuple[tuple[str, str], ...]:
+    sequence = _value(ds, "OtherPatientIDsSequence")
+    if not sequence:
+        return ()
+    pairs = []
+    for item in sequence:
+        patient_id = _text(item, "PatientID")
+        if patient_id:
+            pairs.append((patient_id, _text(item, "IssuerOfPatientID")))
+    return tuple(pairs)

@@ -1,0 +1,146 @@
+"""Files a registration leaves behind: the ITK transform and a checkerboard PNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+__all__ = ["TRANSFORM_SUFFIXES", "read_transform", "write_overlay_png", "write_transform"]
+
+# Suffixes that ITK's transform IO writes: text (.tfm, .txt), HDF5 (.h5, .hdf5) and
+# MATLAB (.mat, affine transforms only).
+TRANSFORM_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
+
+# Display window per panel: intensity percentiles inside the current volume, so that
+# a few bright voxels (metal, vessels in MR) do not darken everything else.
+WINDOW_PERCENTILES = (1.0, 99.0)
+
+# Checkerboard tiles along the longer side of each panel.
+CHECKER_TILES = 8
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix.lower() not in TRANSFORM_SUFFIXES:
+        raise ValueError(
+            f"{path}: transform file suffix {path.suffix!r} is not supported, "
+            f"expected one of {', '.join(TRANSFORM_SUFFIXES)}"
+        )
+
+
+def write_transform(transform: sitk.Transform, path: str | os.PathLike[str]) -> Path:
+    """Write an ITK transform file (text ``.tfm`` or HDF5 ``.h5``) and return its path.
+
+    The file stores the transform that maps current points to prior points, which is
+    what ITK, 3D Slicer and ANTs expect of a fixed-to-moving registration.
+    """
+    path = Path(path)
+    _check_suffix(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteTransform(transform, str(path))
+    return path
+
+
+def read_transform(path: str | os.PathLike[str]) -> sitk.Transform:
+    """Read a transform written by ``write_transform``, as its concrete ITK class."""
+    path = Path(path)
+    _check_suffix(path)
+    try:
+        transform = sitk.ReadTransform(str(path))
+    except RuntimeError as err:
+        raise ValueError(f"{path}: cannot read ITK transform: {err}") from err
+    return transform.Downcast()
+
+
+def _mid_slices(volume: np.ndarray) -> list[np.ndarray]:
+    # After orienting to LPS the array axes are (S, P, L), each index growing towards
+    # superior, posterior and left. Axial rows then run anterior to posterior, as
+    # radiology viewers show them; coronal and sagittal rows are flipped so superior
+    # is up.
+    k, j, i = (n // 2 for n in volume.shape)
+    return [volume[k], volume[:, j, :][::-1, :], volume[:, :, i][::-1, :]]
+
+
+def _window(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(reference, WINDOW_PERCENTILES)
+    return np.clip((values - low) / max(high - low, 1e-6), 0.0, 1.0)
+
+
+def _checkerboard(shape: tuple[int, int]) -> np.ndarray:
+    tile = max(1, max(shape) // CHECKER_TILES)
+    rows = np.arange(shape[0])[:, None] // tile
+    cols = np.arange(shape[1])[None, :] // tile
+    return (rows + cols) % 2 == 0
+
+
+def write_overlay_png(
+    current: sitk.Image,
+    registered_prior: sitk.Image,
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    dpi: int = 80,
+) -> Path:
+    """Write a checkerboard of current and registered prior on three mid-slices.
+
+    Panels are axial, coronal and sagittal through the centre of the current volume,
+    after reorienting both to LPS. Tiles alternate between the two volumes, each
+    windowed on its own intensities, so a misregistration shows as broken edges at
+    tile borders.
+
+    Parameters
+    ----------
+    current
+        The current volume.
+    registered_prior
+        The prior on the current grid (``resample_onto``).
+    path
+        PNG file to write; its folder is created.
+    title
+        Figure title, for example the pair's UIDs. Never put identifying values here.
+    dpi
+        Resolution; the default gives a PNG of about 720 x 270 pixels.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    # Matplotlib is imported here so that importing priors.registration stays cheap.
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    if current.GetSize() != registered_prior.GetSize():
+        raise ValueError(
+            f"registered prior has size {registered_prior.GetSize()}, expected the "
+            f"current size {current.GetSize()}: resample it onto the current grid first"
+        )
+    fixed = sitk.GetArrayFromImage(sitk.DICOMOrient(current, "LPS")).astype(np.float32)
+    moving = sitk.GetArrayFromImage(sitk.DICOMOrient(registered_prior, "LPS")).astype(np.float32)
+    spacing_lps = sitk.DICOMOrient(current, "LPS").GetSpacing()
+    # Pixel aspect (height / width) of each panel: axial P/L, coronal S/L, sagittal S/P.
+    aspects = [
+        spacing_lps[1] / spacing_lps[0],
+        spacing_lps[2] / spacing_lps[0],
+        spacing_lps[2] / spacing_lps[1],
+    ]
+
+    figure = Figure(figsize=(9, 3.4), dpi=dpi)
+    axes = figure.subplots(1, 3)
+    names = ("axial", "coronal", "sagittal")
+    for ax, a, b, aspect, name in zip(
+        axes, _mid_slices(fixed), _mid_slices(moving), aspects, names, strict=True
+    ):
+        board = np.where(_checkerboard(a.shape), _window(a, fixed), _window(b, moving))
+        ax.imshow(board, cmap="gray", aspect=aspect, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path

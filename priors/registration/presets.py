@@ -1,0 +1,201 @@
+"""Registration options and their defaults per modality pair.
+
+``RegistrationSettings`` (in ``priors.config``) holds what a user configures;
+``RegistrationOptions`` adds what this layer decides per modality pair (metric, body
+mask, optimiser steps, quality thresholds). ``preset`` builds one from the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from priors.config import RegistrationSettings
+
+__all__ = [
+    "MODALITY_PAIRS",
+    "RegistrationOptions",
+    "normalise_modality_pair",
+    "preset",
+]
+
+MODALITY_PAIRS = ("CT-CT", "CT-MR", "MR-MR")
+
+# Floor on metric samples per pyramid level: a coarse level of a small volume
+# (24 x 24 x 10 voxels) would otherwise fill a 32 x 32 joint histogram with a few
+# hundred samples, and the metric becomes too noisy to follow.
+MIN_SAMPLES_PER_LEVEL = 10_000
+
+# Cap on metric samples per pyramid level. 40,000 random points keep a rigid fit of
+# a 128 x 128 x 100 CT pair to about a second a start on one core, and the synthetic
+# known-transform test still reaches 0.5 mm TRE with it.
+MAX_SAMPLES_PER_LEVEL = 40_000
+
+# MR-MR pairs come from different scanners, coils and sequences more often than CT
+# pairs, and their NCC after a correct registration is lower (0.6 to 0.9 on the head
+# and phantom pairs of the test data), so the NCC floor is lower than the CT default.
+MR_MIN_NCC = 0.3
+
+# CT-MR has no linear intensity relation, so its check is on normalised mutual
+# information (Studholme, 1.0 = independent, 2.0 = identical).
+# NOTE: 1.05 is a guess; no CT-MR pair with a known transform was available to set it.
+CT_MR_MIN_NMI = 1.05
+
+# Regular-step gradient descent: first step in voxels of each level, smallest step
+# in mm (far below any tolerance a caller checks), and the step's shrink factor on
+# each reversal of the gradient. With 0.5 the step collapses after a few reversals
+# on the edge of a uniform phantom and the slow S-I direction then crawls; 0.9 let
+# the table-moved MR phantom pair converge from 20 mm starts in the tests.
+LEARNING_RATE_VOXELS = 2.0
+MIN_STEP_MM = 1e-3
+RELAXATION_FACTOR = 0.9
+
+# CT body threshold: above air and lung (-900 to -500 HU), below fat (-100 HU).
+CT_BODY_THRESHOLD_HU = -400.0
+
+# MR body threshold as a fraction of the 99th intensity percentile. Noise in air is
+# usually under 5 % of that percentile, tissue above 15 %.
+MR_BODY_FRACTION_OF_P99 = 0.1
+
+
+@dataclass(frozen=True)
+class RegistrationOptions:
+    """Every parameter of one registration, so a run can be repeated exactly.
+
+    Lengths are in mm. Tuples named ``*_per_level`` run from the coarsest pyramid
+    level to the finest.
+    """
+
+    modality_pair: str
+    metric: str  # "correlation" or "mattes"
+    histogram_bins: int
+    sampling_fraction: float
+    min_samples_per_level: int
+    max_samples_per_level: int
+    seed: int
+    threads: int
+    iterations: int
+    shrink_factors: tuple[int, ...]
+    smoothing_sigmas_mm: tuple[float, ...]
+    # First gradient-descent step, in voxels of each level (smallest spacing).
+    learning_rate: float
+    min_step: float
+    relaxation_factor: float
+    # "moments" (centres of the body masks), "geometry" (centres of the grids) or
+    # "identity" (patient coordinates as stored); each is tried with every offset.
+    initialisations: tuple[str, ...]
+    si_start_offsets_mm: tuple[float, ...]
+    affine: bool
+    body_mask: str  # "ct" (HU threshold) or "mr" (fraction of the 99th percentile)
+    prior_body_mask: str
+    min_overlap_fraction: float
+    min_ncc: float | None
+    min_nmi: float | None
+    # Two starts whose results lie this far apart along S-I are a vertebral level apart.
+    vertebral_level_mm: tuple[float, float] = (20.0, 50.0)
+    # Relative metric difference under which two such starts are called ambiguous.
+    ambiguity_margin: float = 0.03
+    inverse_consistency: bool = False
+    # Restrict the metric to the prior's body as well as the current's. Off by
+    # default: with it, moving the bodies apart removes the samples that disagree,
+    # and mutual information of the remaining samples can rise as overlap falls.
+    use_prior_mask: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        """Return the options as plain JSON-ready values."""
+        return {key: _plain(value) for key, value in dataclasses.asdict(self).items()}
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def normalise_modality_pair(modality_pair: str) -> str:
+    """Return ``modality_pair`` in the form of ``MODALITY_PAIRS`` ("MR-CT" -> "CT-MR").
+
+    Raises
+    ------
+    ValueError
+        When the pair is not two of CT and MR joined by "-".
+    """
+    parts = modality_pair.strip().upper().split("-")
+    key = "-".join(sorted(parts))
+    if len(parts) != 2 or key not in MODALITY_PAIRS:
+        raise ValueError(
+            f"modality pair {modality_pair!r} is not supported, expected one of "
+            f"{', '.join(MODALITY_PAIRS)}"
+        )
+    return key
+
+
+def preset(
+    modality_pair: str,
+    settings: RegistrationSettings | None = None,
+    *,
+    current_modality: str | None = None,
+) -> RegistrationOptions:
+    """Build the registration options for a modality pair from the user settings.
+
+    CT-CT uses normalised correlation, because HU match between scanners. MR-MR and
+    CT-MR use Mattes mutual information, because MR intensities depend on scanner and
+    sequence. Change a field afterwards with ``dataclasses.replace``.
+
+    Parameters
+    ----------
+    modality_pair
+        "CT-CT", "MR-MR" or "CT-MR" (either order).
+    settings
+        User settings; the defaults of ``RegistrationSettings`` when ``None``.
+    current_modality
+        For CT-MR, the modality of the current (fixed) volume, which decides which
+        body mask goes with which image; "CT" when ``None``.
+
+    Returns
+    -------
+    RegistrationOptions
+    """
+    pair = normalise_modality_pair(modality_pair)
+    settings = settings or RegistrationSettings()
+    if len(settings.shrink_factors) != len(settings.smoothing_sigmas_mm):
+        raise ValueError(
+            f"registration settings: shrink_factors has {len(settings.shrink_factors)} "
+            f"levels and smoothing_sigmas_mm {len(settings.smoothing_sigmas_mm)}, "
+            "expected the same number"
+        )
+
+    if pair == "CT-CT":
+        metric, current_mask, prior_mask = "correlation", "ct", "ct"
+        min_ncc, min_nmi = settings.min_ncc, None
+    elif pair == "MR-MR":
+        metric, current_mask, prior_mask = "mattes", "mr", "mr"
+        min_ncc, min_nmi = MR_MIN_NCC, None
+    else:
+        current_is_mr = (current_modality or "CT").upper() == "MR"
+        metric = "mattes"
+        current_mask, prior_mask = ("mr", "ct") if current_is_mr else ("ct", "mr")
+        min_ncc, min_nmi = None, CT_MR_MIN_NMI
+
+    return RegistrationOptions(
+        modality_pair=pair,
+        metric=metric,
+        histogram_bins=settings.histogram_bins,
+        sampling_fraction=settings.sampling_fraction,
+        min_samples_per_level=MIN_SAMPLES_PER_LEVEL,
+        max_samples_per_level=MAX_SAMPLES_PER_LEVEL,
+        seed=settings.seed,
+        threads=settings.threads,
+        iterations=settings.iterations,
+        shrink_factors=tuple(settings.shrink_factors),
+        smoothing_sigmas_mm=tuple(settings.smoothing_sigmas_mm),
+        learning_rate=LEARNING_RATE_VOXELS,
+        min_step=MIN_STEP_MM,
+        relaxation_factor=RELAXATION_FACTOR,
+        initialisations=("moments",),
+        si_start_offsets_mm=tuple(settings.si_start_offsets_mm) or (0.0,),
+        affine=settings.affine,
+        body_mask=current_mask,
+        prior_body_mask=prior_mask,
+        min_overlap_fraction=settings.min_overlap_fraction,
+        min_ncc=min_ncc,
+        min_nmi=min_nmi,
+    )

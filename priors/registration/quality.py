@@ -1,0 +1,132 @@
+"""Quality checks of a registration: overlap, NCC and mutual information, verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from priors.registration.presets import RegistrationOptions
+
+__all__ = [
+    "QUALITY_BINS",
+    "judge",
+    "overlap_fraction",
+    "similarity_in_overlap",
+]
+
+# Joint-histogram bins for the mutual information of the quality check. 32 bins over
+# a few thousand to a million overlap voxels keep the histogram well filled.
+QUALITY_BINS = 32
+
+# The metric after registration may be this much (relative) worse than before it
+# before the verdict fails; random sampling makes a converged start wobble slightly.
+METRIC_WORSENING_TOLERANCE = 0.01
+
+
+def _mapped_mask(
+    current_mask: sitk.Image, prior_mask: sitk.Image, transform: sitk.Transform
+) -> np.ndarray:
+    mapped = sitk.Resample(
+        prior_mask, current_mask, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
+    return sitk.GetArrayFromImage(mapped).astype(bool)
+
+
+def _voxel_volume(image: sitk.Image) -> float:
+    return float(np.prod(image.GetSpacing()))
+
+
+def overlap_fraction(
+    current_mask: sitk.Image, prior_mask: sitk.Image, transform: sitk.Transform
+) -> float:
+    """Return the body overlap as a fraction of the smaller body's volume.
+
+    ``transform`` maps current points to prior points. 1.0 means the smaller body
+    lies wholly inside the other; a prior with half the current's field of view that
+    covers that half fully scores 1.0, not 0.5.
+    """
+    current = sitk.GetArrayViewFromImage(current_mask).astype(bool)
+    overlap_mm3 = np.count_nonzero(current & _mapped_mask(current_mask, prior_mask, transform))
+    overlap_mm3 *= _voxel_volume(current_mask)
+    current_mm3 = np.count_nonzero(current) * _voxel_volume(current_mask)
+    prior_mm3 = np.count_nonzero(sitk.GetArrayViewFromImage(prior_mask)) * _voxel_volume(prior_mask)
+    smaller = min(current_mm3, prior_mm3)
+    return float(overlap_mm3 / smaller) if smaller > 0 else 0.0
+
+
+def similarity_in_overlap(
+    current: sitk.Image,
+    prior: sitk.Image,
+    current_mask: sitk.Image,
+    prior_mask: sitk.Image,
+    transform: sitk.Transform,
+) -> dict[str, float]:
+    """Compute NCC, mutual information and normalised MI inside the body overlap.
+
+    Both volumes are compared on the grid of ``current_mask`` (the coarse mask grid),
+    so the figures describe structure of a few mm and up.
+
+    Returns
+    -------
+    dict
+        ``ncc_in_overlap``, ``mi_in_overlap`` (nats), ``nmi_in_overlap``
+        ((H(A) + H(B)) / H(A, B)) and ``overlap_voxels``; the figures are NaN
+        when fewer than 2 voxels overlap.
+    """
+    grid = current_mask
+    fixed = sitk.Resample(current, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    moving = sitk.Resample(prior, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    inside = sitk.GetArrayViewFromImage(grid).astype(bool) & _mapped_mask(
+        grid, prior_mask, transform
+    )
+    a = sitk.GetArrayViewFromImage(fixed)[inside].astype(np.float64)
+    b = sitk.GetArrayViewFromImage(moving)[inside].astype(np.float64)
+    figures = {"overlap_voxels": float(a.size)}
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return figures | {
+            "ncc_in_overlap": np.nan,
+            "mi_in_overlap": np.nan,
+            "nmi_in_overlap": np.nan,
+        }
+
+    ncc = float(np.mean((a - a.mean()) * (b - b.mean())) / (a.std() * b.std()))
+    joint, _, _ = np.histogram2d(a, b, bins=QUALITY_BINS)
+    p_ab = joint / joint.sum()
+    p_a, p_b = p_ab.sum(axis=1), p_ab.sum(axis=0)
+    h_a = -np.sum(p_a[p_a > 0] * np.log(p_a[p_a > 0]))
+    h_b = -np.sum(p_b[p_b > 0] * np.log(p_b[p_b > 0]))
+    h_ab = -np.sum(p_ab[p_ab > 0] * np.log(p_ab[p_ab > 0]))
+    return figures | {
+        "ncc_in_overlap": ncc,
+        "mi_in_overlap": float(h_a + h_b - h_ab),
+        "nmi_in_overlap": float((h_a + h_b) / h_ab),
+    }
+
+
+def judge(metrics: dict, options: RegistrationOptions) -> tuple[str, str]:
+    """Return the verdict ("pass" or "fail") and the reasons for a failure.
+
+    Checks the overlap fraction, NCC (same-modality pairs), normalised MI (CT-MR)
+    and that the metric did not get worse than at the start.
+    """
+    reasons = []
+    overlap = metrics.get("overlap_fraction", 0.0)
+    if not overlap >= options.min_overlap_fraction:
+        reasons.append(
+            f"body overlap is {overlap:.1%} of the smaller body, "
+            f"below the minimum {options.min_overlap_fraction:.0%}"
+        )
+    ncc = metrics.get("ncc_in_overlap", np.nan)
+    if options.min_ncc is not None and not ncc >= options.min_ncc:
+        reasons.append(f"NCC in the overlap is {ncc:.3f}, below the minimum {options.min_ncc}")
+    nmi = metrics.get("nmi_in_overlap", np.nan)
+    if options.min_nmi is not None and not nmi >= options.min_nmi:
+        reasons.append(
+            f"normalised MI in the overlap is {nmi:.3f}, below the minimum {options.min_nmi}"
+        )
+    before, after = metrics.get("metric_before"), metrics.get("metric_after")
+    if before is not None and after is not None:
+        # Both ITK metrics are minimised and negative when images agree.
+        if after > before + METRIC_WORSENING_TOLERANCE * abs(before):
+            reasons.append(f"the metric got worse: {before:.4f} before, {after:.4f} after")
+    return ("fail", "; ".join(reasons)) if reasons else ("pass", "")

@@ -1,0 +1,500 @@
+"""Staged registration of a prior onto a current volume: starts, rigid, affine, checks.
+
+The pipeline per pair:
+
+1. body masks of both volumes (``masks``), used as metric masks;
+2. one start per initialisation and superior-inferior offset;
+3. a rigid (Euler 3-D) multi-resolution optimisation from every start, keeping the
+   best by the metric and recording all of them;
+4. an optional affine stage from the best rigid result;
+5. quality checks (overlap, NCC, MI) and a verdict;
+6. optionally, the reverse registration and its inverse consistency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from priors.config import RegistrationSettings
+from priors.registration import _levels
+from priors.registration.masks import body_mask, metric_mask
+from priors.registration.presets import RegistrationOptions, preset
+from priors.registration.quality import judge, overlap_fraction, similarity_in_overlap
+from priors.registration.result import RegistrationResult, transform_matrix_lps
+
+__all__ = ["RegistrationError", "inverse_consistency_mm", "register"]
+
+logger = logging.getLogger(__name__)
+
+# Inverse consistency above this (95th percentile over the body, mm) fails the pair:
+# forward and reverse registrations then disagree by more than a typical CT voxel.
+MAX_INVERSE_CONSISTENCY_MM = 1.0
+
+# A start whose bodies overlap less than this is not optimised: ITK's correlation
+# metric then only warns and returns a meaningless value.
+MIN_START_OVERLAP_FRACTION = 0.01
+
+# Tolerance when reading a rotation matrix back from a caller's transform.
+ORTHONORMAL_TOLERANCE = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class _Masks:
+    """Body masks of both volumes, and the masks handed to the ITK metric."""
+
+    current: sitk.Image
+    prior: sitk.Image
+    metric: dict[str, sitk.Image | None]
+
+    @classmethod
+    def build(cls, current: sitk.Image, prior: sitk.Image, options: RegistrationOptions) -> _Masks:
+        bodies = (
+            body_mask(current, method=options.body_mask),
+            body_mask(prior, method=options.prior_body_mask),
+        )
+        moving = metric_mask(bodies[1]) if options.use_prior_mask else None
+        return cls(*bodies, {"fixed_mask": metric_mask(bodies[0]), "moving_mask": moving})
+
+
+class RegistrationError(ValueError):
+    """Input volumes that cannot be registered (not 3-D, empty, no body found)."""
+
+
+@contextlib.contextmanager
+def _itk_threads(threads: int) -> Iterator[None]:
+    # Filters run through the procedural API use the global default thread count.
+    # NOTE: the global is process-wide, so two registrations in threads of one
+    # process share it; Ray runs each registration in its own worker process.
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
+def _check_volume(image: sitk.Image, role: str) -> None:
+    if image.GetDimension() != 3:
+        raise RegistrationError(f"{role} volume has {image.GetDimension()} dimensions, expected 3")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise RegistrationError(
+            f"{role} volume has {image.GetNumberOfComponentsPerPixel()} components per "
+            "voxel, expected 1 (a scalar volume)"
+        )
+
+
+def _centroid(mask: sitk.Image, role: str) -> tuple[float, float, float]:
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(mask)
+    if not stats.HasLabel(1):
+        raise RegistrationError(
+            f"{role} volume: no body found above the mask threshold; "
+            "check the modality pair and the intensities"
+        )
+    return stats.GetCentroid(1)
+
+
+def _euler_from(transform: sitk.Transform, center: tuple[float, ...]) -> sitk.Euler3DTransform:
+    """Return ``transform`` as an Euler 3-D transform about ``center``.
+
+    Raises
+    ------
+    RegistrationError
+        When the transform is not rigid.
+    """
+    matrix = transform_matrix_lps(transform)
+    rotation, offset = matrix[:3, :3], matrix[:3, 3]
+    c = np.asarray(center)
+    euler = sitk.Euler3DTransform()
+    euler.SetCenter(tuple(c))
+    try:
+        euler.SetMatrix(tuple(rotation.ravel()), ORTHONORMAL_TOLERANCE)
+    except RuntimeError as err:
+        raise RegistrationError(
+            f"initial transform {transform.GetName()} is not rigid: its matrix is not "
+            f"orthonormal within {ORTHONORMAL_TOLERANCE}"
+        ) from err
+    euler.SetTranslation(tuple(offset - c + rotation @ c))
+    return euler
+
+
+def _start(
+    mode: str,
+    current: sitk.Image,
+    prior: sitk.Image,
+    masks: _Masks,
+    center: tuple[float, ...],
+) -> sitk.Euler3DTransform:
+    if mode == "moments":
+        fixed = sitk.Cast(masks.current, sitk.sitkFloat32)
+        moving = sitk.Cast(masks.prior, sitk.sitkFloat32)
+        initializer = sitk.CenteredTransformInitializerFilter.MOMENTS
+    elif mode == "geometry":
+        fixed, moving = current, prior
+        initializer = sitk.CenteredTransformInitializerFilter.GEOMETRY
+    elif mode == "identity":
+        return _euler_from(sitk.Transform(), center)
+    else:
+        raise ValueError(
+            f"initialisation {mode!r} is not supported, "
+            "expected 'moments', 'geometry' or 'identity'"
+        )
+    start = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), initializer)
+    return sitk.Euler3DTransform(start)
+
+
+def _shift_si(transform: sitk.Euler3DTransform, offset_mm: float) -> sitk.Euler3DTransform:
+    # LPS: the third axis runs inferior to superior.
+    shifted = sitk.Euler3DTransform(transform)
+    tx, ty, tz = shifted.GetTranslation()
+    shifted.SetTranslation((tx, ty, tz + offset_mm))
+    return shifted
+
+
+def _si_position(transform: sitk.Transform, point: tuple[float, ...]) -> float:
+    return float(transform.TransformPoint(point)[2])
+
+
+def _find_ambiguity(candidates: list[dict], best: dict, options: RegistrationOptions) -> str:
+    """Describe a converged start about one vertebral level from the best that scores as well."""
+    low, high = options.vertebral_level_mm
+    for other in candidates:
+        if other is best or other["status"] != "converged":
+            continue
+        distance = abs(other["si_position_mm"] - best["si_position_mm"])
+        margin = abs(other["metric"] - best["metric"])
+        if low <= distance <= high and margin <= options.ambiguity_margin * abs(best["metric"]):
+            return (
+                f"start at {other['offset_mm']:+.0f} mm ({other['initialisation']}) ended "
+                f"{distance:.1f} mm along S-I from the best with a metric within "
+                f"{margin / abs(best['metric']):.1%}"
+            )
+    return ""
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "SimpleITK": sitk.Version.VersionString(),
+        "ITK": sitk.Version.ITKVersionString(),
+        "numpy": np.__version__,
+    }
+
+
+def _run_starts(
+    pyramids: tuple[list, list],
+    starts: list[tuple[str, float, sitk.Euler3DTransform]],
+    options: RegistrationOptions,
+    masks: _Masks,
+    center: tuple[float, ...],
+) -> list[dict]:
+    candidates = []
+    for mode, offset, start in starts:
+        began = time.perf_counter()
+        record = {
+            "initialisation": mode,
+            "offset_mm": offset,
+            "start_parameters": list(start.GetParameters()),
+        }
+        record["overlap_fraction_at_start"] = overlap_fraction(masks.current, masks.prior, start)
+        try:
+            if record["overlap_fraction_at_start"] < MIN_START_OVERLAP_FRACTION:
+                raise _levels.OverlapError(
+                    f"the bodies overlap {record['overlap_fraction_at_start']:.1%} at this start"
+                )
+            transform, info = _levels.optimise(*pyramids, start, options, **masks.metric)
+        except _levels.OverlapError as err:
+            record |= {"status": "failed", "error": str(err), "transform": start}
+            logger.info("registration start %s %+.0f mm failed: %s", mode, offset, err)
+        else:
+            record |= {
+                "status": "converged",
+                "metric": info.pop("metric"),
+                "parameters": list(transform.GetParameters()),
+                "si_position_mm": _si_position(transform, center),
+                "transform": transform,
+                **info,
+            }
+        record["seconds"] = time.perf_counter() - began
+        candidates.append(record)
+    return candidates
+
+
+def _affine_stage(
+    pyramids: tuple[list, list],
+    rigid: sitk.Euler3DTransform,
+    options: RegistrationOptions,
+    masks: _Masks,
+) -> tuple[sitk.Transform, dict]:
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(rigid.GetCenter())
+    affine.SetMatrix(rigid.GetMatrix())
+    affine.SetTranslation(rigid.GetTranslation())
+    return _levels.optimise(*pyramids, affine, options, **masks.metric)
+
+
+def register(
+    current: sitk.Image,
+    prior: sitk.Image,
+    *,
+    modality_pair: str = "CT-CT",
+    settings: RegistrationSettings | None = None,
+    options: RegistrationOptions | None = None,
+    initial_transform: sitk.Transform | None = None,
+    current_modality: str | None = None,
+) -> RegistrationResult:
+    """Register a prior volume onto the current volume.
+
+    Parameters
+    ----------
+    current
+        The fixed volume, LPS mm (as read from DICOM by SimpleITK).
+    prior
+        The moving volume, LPS mm; any grid, field of view and pixel type.
+    modality_pair
+        "CT-CT", "MR-MR" or "CT-MR"; chooses the defaults (see ``preset``).
+    settings
+        User settings that ``preset`` builds the options from.
+    options
+        Complete options; when given, ``modality_pair`` and ``settings`` are ignored.
+    initial_transform
+        A rigid transform (current to prior points) to start from instead of the
+        initialisations in the options; the S-I offsets still apply to it.
+    current_modality
+        For CT-MR, the modality of ``current``.
+
+    Returns
+    -------
+    RegistrationResult
+        With ``verdict`` "fail" and the overlap in ``reason`` when the volumes overlap
+        too little, whether ITK raised (no start converged) or not.
+
+    Raises
+    ------
+    RegistrationError
+        When a volume is not a 3-D scalar image, has no body, or the initial
+        transform is not rigid.
+    """
+    began = time.perf_counter()
+    options = options or preset(modality_pair, settings, current_modality=current_modality)
+    _check_volume(current, "current")
+    _check_volume(prior, "prior")
+    timings: dict[str, float] = {}
+
+    with _itk_threads(options.threads):
+        stage = time.perf_counter()
+        masks = _Masks.build(current, prior, options)
+        center = _centroid(masks.current, "current")
+        _centroid(masks.prior, "prior")
+        timings["masks"] = time.perf_counter() - stage
+
+        stage = time.perf_counter()
+        pyramids = (_levels.build_pyramid(current, options), _levels.build_pyramid(prior, options))
+        timings["pyramids"] = time.perf_counter() - stage
+
+        stage = time.perf_counter()
+        if initial_transform is not None:
+            bases = [("given", _euler_from(initial_transform, center))]
+        else:
+            bases = [
+                (mode, _start(mode, current, prior, masks, center))
+                for mode in options.initialisations
+            ]
+        starts = [
+            (mode, float(offset), _shift_si(base, offset))
+            for mode, base in bases
+            for offset in options.si_start_offsets_mm
+        ]
+        candidates = _run_starts(pyramids, starts, options, masks, center)
+        timings["rigid"] = time.perf_counter() - stage
+
+        result = _finish(current, prior, pyramids, candidates, options, masks, center, timings)
+        timings["total"] = time.perf_counter() - began
+    logger.info(
+        "registered %s pair: %s%s in %.1f s over %d starts",
+        options.modality_pair,
+        result.verdict,
+        f" ({result.reason})" if result.reason else "",
+        timings["total"],
+        len(candidates),
+    )
+    return result
+
+
+def _finish(
+    current: sitk.Image,
+    prior: sitk.Image,
+    pyramids: tuple[list, list],
+    candidates: list[dict],
+    options: RegistrationOptions,
+    masks: _Masks,
+    center: tuple[float, ...],
+    timings: dict[str, float],
+) -> RegistrationResult:
+    converged = [c for c in candidates if c["status"] == "converged"]
+    parameters = _parameters(options, pyramids)
+    metrics: dict = {"metric": options.metric, "stages": ["rigid"]}
+    finest = (pyramids[0][-1].image, pyramids[1][-1].image)
+
+    if not converged:
+        first = max(candidates, key=lambda c: c["overlap_fraction_at_start"])
+        start, overlap = first["transform"], first["overlap_fraction_at_start"]
+        metrics |= {"overlap_fraction": overlap, "overlap_fraction_at_start": overlap}
+        reason = (
+            f"registration failed from every start: the bodies overlap at most {overlap:.1%} "
+            f"of the smaller body (minimum {options.min_overlap_fraction:.0%}); "
+            f"{first['error']}"
+        )
+        return _result(start, "fail", reason, metrics, candidates, False, parameters, timings)
+
+    best = min(converged, key=lambda c: c["metric"])
+    transform = best["transform"]
+    start_transform = _euler_from_parameters(best["start_parameters"], center)
+    metrics["metric_before"] = _levels.evaluate(*finest, start_transform, options, **masks.metric)
+    metrics["overlap_fraction_at_start"] = best["overlap_fraction_at_start"]
+    metrics |= {
+        "iterations": int(sum(best["iterations_per_level"])),
+        "iterations_per_level": best["iterations_per_level"],
+        "stop_condition": best["stop_conditions"][-1],
+    }
+
+    if options.affine:
+        stage = time.perf_counter()
+        try:
+            transform, info = _affine_stage(pyramids, transform, options, masks)
+            metrics["stages"].append("affine")
+            metrics["affine_iterations_per_level"] = info["iterations_per_level"]
+        except _levels.OverlapError as err:
+            metrics["affine_error"] = str(err)
+            logger.warning("affine stage failed, keeping the rigid result: %s", err)
+        timings["affine"] = time.perf_counter() - stage
+
+    stage = time.perf_counter()
+    metrics["metric_after"] = _levels.evaluate(*finest, transform, options, **masks.metric)
+    metrics["overlap_fraction"] = overlap_fraction(masks.current, masks.prior, transform)
+    metrics |= similarity_in_overlap(current, prior, masks.current, masks.prior, transform)
+    ambiguity = _find_ambiguity(candidates, best, options)
+    if ambiguity:
+        metrics["ambiguity"] = ambiguity
+    timings["quality"] = time.perf_counter() - stage
+
+    if options.inverse_consistency:
+        stage = time.perf_counter()
+        metrics |= _inverse_consistency(current, prior, transform, masks.current, options)
+        timings["inverse_consistency"] = time.perf_counter() - stage
+
+    verdict, reason = judge(metrics, options)
+    if options.inverse_consistency:
+        verdict, reason = _judge_inverse(metrics, verdict, reason)
+    return _result(
+        transform, verdict, reason, metrics, candidates, bool(ambiguity), parameters, timings
+    )
+
+
+def _euler_from_parameters(values: list[float], center: tuple[float, ...]) -> sitk.Transform:
+    euler = sitk.Euler3DTransform()
+    euler.SetCenter(center)
+    euler.SetParameters(values)
+    return euler
+
+
+def _inverse_consistency(
+    current: sitk.Image,
+    prior: sitk.Image,
+    forward: sitk.Transform,
+    current_mask: sitk.Image,
+    options: RegistrationOptions,
+) -> dict:
+    reverse_options = dataclasses.replace(
+        options,
+        body_mask=options.prior_body_mask,
+        prior_body_mask=options.body_mask,
+        inverse_consistency=False,
+    )
+    reverse = register(prior, current, options=reverse_options)
+    errors = inverse_consistency_mm(forward, reverse.transform, current_mask)
+    return {
+        "inverse_consistency_mm_p95": float(np.percentile(errors, 95)),
+        "inverse_consistency_mm_max": float(errors.max()),
+        "reverse_verdict": reverse.verdict,
+        "reverse_parameters": list(reverse.transform.GetParameters()),
+    }
+
+
+def _judge_inverse(metrics: dict, verdict: str, reason: str) -> tuple[str, str]:
+    p95 = metrics["inverse_consistency_mm_p95"]
+    if p95 <= MAX_INVERSE_CONSISTENCY_MM:
+        return verdict, reason
+    extra = (
+        f"inverse consistency p95 is {p95:.2f} mm, above the maximum "
+        f"{MAX_INVERSE_CONSISTENCY_MM} mm"
+    )
+    return "fail", f"{reason}; {extra}" if reason else extra
+
+
+def inverse_consistency_mm(
+    forward: sitk.Transform, reverse: sitk.Transform, mask: sitk.Image
+) -> np.ndarray:
+    """Return |reverse(forward(p)) - p| in mm for the centre p of every voxel in ``mask``.
+
+    ``forward`` maps current to prior points and ``reverse`` prior to current points;
+    both must be affine.
+    """
+    indices = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1]
+    origin = np.asarray(mask.GetOrigin())
+    direction = np.asarray(mask.GetDirection()).reshape(3, 3)
+    points = origin + (indices * np.asarray(mask.GetSpacing())) @ direction.T
+    round_trip = transform_matrix_lps(reverse) @ transform_matrix_lps(forward)
+    mapped = points @ round_trip[:3, :3].T + round_trip[:3, 3]
+    return np.linalg.norm(mapped - points, axis=1)
+
+
+def _parameters(options: RegistrationOptions, pyramids: tuple[list, list]) -> dict:
+    fixed_levels, moving_levels = pyramids
+    return {
+        **options.as_dict(),
+        "stages": ["rigid", "affine"] if options.affine else ["rigid"],
+        "transform_class": "Euler3DTransform",
+        "optimizer": "RegularStepGradientDescent",
+        "optimizer_scales": "from physical shift",
+        "sampling_strategy": "RANDOM",
+        "sampling_fraction_per_level": [
+            _levels.sampling_fraction(level.image, options) for level in fixed_levels
+        ],
+        "current_shrink_factors_per_level": [list(level.shrink_factors) for level in fixed_levels],
+        "prior_shrink_factors_per_level": [list(level.shrink_factors) for level in moving_levels],
+        "global_default_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+        "versions": _versions(),
+    }
+
+
+def _result(
+    transform: sitk.Transform,
+    verdict: str,
+    reason: str,
+    metrics: dict,
+    candidates: list[dict],
+    ambiguous: bool,
+    parameters: dict,
+    timings: dict,
+) -> RegistrationResult:
+    public_candidates = [
+        {key: value for key, value in c.items() if key != "transform"} for c in candidates
+    ]
+    return RegistrationResult(
+        transform=transform,
+        matrix_lps=transform_matrix_lps(transform).tolist(),
+        verdict=verdict,
+        reason=reason,
+        metrics=metrics,
+        candidates=public_candidates,
+        ambiguous=ambiguous,
+        parameters=parameters,
+        timings=timings,
+    )
