@@ -86,7 +86,7 @@ def _write_timeline_chart(timelines, names: Sequence[str], path: Path) -> None:
 def register_command(current: Path, prior: Path, *, out_dir: Path, settings: Settings,
                      modality_pair: str | None = None) -> int:
     """Register PRIOR onto CURRENT and write transform, image, overlay and report."""
-    from priors.registration.command import run_register
+    from priors.register_command import run_register
 
     return run_register(current, prior, out_dir=out_dir, settings=settings.registration,
                         modality_pair=modality_pair)

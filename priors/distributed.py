@@ -127,15 +127,17 @@ def run_prepare_job(
 
         clock = time.perf_counter()
         results = _run_tasks(tasks, settings=settings, bundle_dir=bundle_dir, use_ray=use_ray)
+        rejected: dict[str, str] = {}
         for person_result in results:
             _log_person(person_result, tracker=tracker, plan=plan, report=report,
                         finished=finished, model_info=model_info)
             for pair in person_result.pairs:
                 if pair.status != FAILED:
                     used.update(row["location"] for row in pair.used_instances)
+                rejected.update((row["location"], row["reason"]) for row in pair.rejected_files)
         timings["pairs_s"] = time.perf_counter() - clock
 
-        report.counts, report.file_reasons = account_job(plan, used)
+        report.counts, report.file_reasons = account_job(plan, used, rejected)
         report.absent_references = plan.absent_references
         timings["total_s"] = time.perf_counter() - started
         report.timings = timings
@@ -276,12 +278,14 @@ def _log_person(result: PersonResult, *, tracker: Any, plan: Any, report: JobRep
     from priors.planning import write_package_manifest
     from priors.provenance.tracking import DatasetRef, PairLog
 
+    run_ids: dict[str, str] = {}
     for pair in result.pairs:
         method = pair.change.get("method", "")
         existing = finished.get(pair.pair_key)
         if existing and pair.status != FAILED:
             report.pairs.append(_pair_row(result.person, pair.current, pair.prior, SKIPPED,
                                           f"finished before in run {existing}", method, ""))
+            run_ids[pair.pair_id] = existing
             continue
         tags = {
             "priors.person": result.person,
@@ -316,10 +320,11 @@ def _log_person(result: PersonResult, *, tracker: Any, plan: Any, report: JobRep
             params=_pair_params(pair), metrics=_pair_metrics(pair), inputs=inputs,
             artifacts_dir=Path(pair.artifacts_dir), finished=pair.status != FAILED)
         run_id = tracker.log_pair(pair_log)
+        run_ids[pair.pair_id] = run_id
         report.pairs.append(_pair_row(result.person, pair.current, pair.prior, pair.status,
                                       pair.reason, method, run_id))
     if result.pairs:
-        write_package_manifest(result, plan=plan)
+        write_package_manifest(result, plan=plan, run_ids=run_ids)
 
 
 def _dataset_source(plan: Any, pair: Any, role: str) -> str:

@@ -146,6 +146,8 @@ class PairResult:
     used_instances: list[dict[str, Any]]
     artifacts_dir: str
     provenance: dict[str, Any]
+    # Files of the pair's series that could not be read or decoded, with the reason.
+    rejected_files: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -198,6 +200,7 @@ def prepare_person(
             log.debug("traceback of pair %s:\n%s", pair.pair_id, traceback.format_exc())
             pair_result = _failed_pair(task, pair, f"{type(err).__name__}: {err}",
                                        seconds=time.perf_counter() - started)
+            pair_result.rejected_files = list(getattr(err, "rejected_files", []))
         result.pairs.append(pair_result)
 
     for series_uid, (volume, _) in current_cache.items():
@@ -216,10 +219,17 @@ def _volume_for(series: SeriesRef, build_volumes: Callable[..., Any]) -> tuple[A
             {"stack": item.stack_label, "reason": item.reason, "files": len(item.paths)}
             for item in rejections
         ],
+        # Files that could not be read or decoded at all, as opposed to stacks set aside.
+        "rejected_files": [
+            {"location": path, "reason": item.reason}
+            for item in rejections if len(item.paths) == 1 and not item.stack_label
+            for path in item.paths
+        ],
     }
     if not volumes:
         reasons = "; ".join(item.reason for item in rejections) or "no volume could be built"
-        raise VolumeError(f"series {series.series_instance_uid}: {reasons}")
+        raise VolumeError(f"series {series.series_instance_uid}: {reasons}",
+                          rejected_files=info["rejected_files"])
     volumes = sorted(volumes, key=lambda item: len(item.sop_instance_uids), reverse=True)
     chosen = volumes[0]
     if len(volumes) > 1:
@@ -230,7 +240,11 @@ def _volume_for(series: SeriesRef, build_volumes: Callable[..., Any]) -> tuple[A
 
 
 class VolumeError(RuntimeError):
-    """A series yielded no volume."""
+    """A series yielded no volume; ``rejected_files`` lists unreadable files in it."""
+
+    def __init__(self, message: str, *, rejected_files: list[dict[str, str]] | None = None):
+        super().__init__(message)
+        self.rejected_files = rejected_files or []
 
 
 def _prepare_pair(
@@ -325,7 +339,8 @@ def _prepare_pair(
         timings=timings,
         used_instances=(_used_instances(pair.current, current)
                         + _used_instances(pair.prior, prior)),
-        artifacts_dir=str(pair_dir), provenance=record.to_dict())
+        artifacts_dir=str(pair_dir), provenance=record.to_dict(),
+        rejected_files=current_info["rejected_files"] + prior_info["rejected_files"])
 
 
 def _single_transform(registration: Any) -> Any:

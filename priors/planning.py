@@ -316,7 +316,8 @@ def _note_not_chosen(plan: JobPlan, selection: Any, timeline: Sequence[Any],
             plan.not_chosen[row.location] = f"not chosen for pairing: {reason}"
 
 
-def account_job(plan: JobPlan, used: set[str]) -> tuple[dict[str, int], list[dict[str, str]]]:
+def account_job(plan: JobPlan, used: set[str], rejected: Mapping[str, str] | None = None
+                ) -> tuple[dict[str, int], list[dict[str, str]]]:
     """Give every file of the job's sources one outcome and store it in the catalog.
 
     Parameters
@@ -325,6 +326,9 @@ def account_job(plan: JobPlan, used: set[str]) -> tuple[dict[str, int], list[dic
         The job's plan.
     used
         Locations of the instances that are part of a volume in a prepared pair.
+    rejected
+        Location -> reason, for files that passed ingest but could not be decoded
+        when their volume was built.
 
     Returns
     -------
@@ -339,10 +343,12 @@ def account_job(plan: JobPlan, used: set[str]) -> tuple[dict[str, int], list[dic
             if outcome == "indexed":
                 if item.location in used:
                     outcome, reason = "used", ""
+                elif rejected and item.location in rejected:
+                    outcome, reason = "rejected", rejected[item.location]
                 elif item.location in plan.not_chosen:
                     outcome, reason = "skipped", plan.not_chosen[item.location]
             outcomes.append((item.location, outcome, reason))
-    _store_job_outcomes(plan, outcomes)
+    _store_job_outcomes(plan, outcomes, rejected or {})
 
     counts = dict.fromkeys(("used", "indexed", "skipped", "rejected"), 0)
     files = []
@@ -355,8 +361,12 @@ def account_job(plan: JobPlan, used: set[str]) -> tuple[dict[str, int], list[dic
     return counts, files
 
 
-def write_package_manifest(result: PersonResult, *, plan: JobPlan) -> Path:
-    """Write ``manifest.json`` of one person's context package."""
+def write_package_manifest(result: PersonResult, *, plan: JobPlan,
+                           run_ids: Mapping[str, str] | None = None) -> Path:
+    """Write ``manifest.json`` of one person's context package.
+
+    ``run_ids`` maps pair ids to their MLflow runs, recorded as ``mlflow_run_id``.
+    """
     from priors.packaging import build_manifest, write_manifest
 
     current_series = []
@@ -381,13 +391,16 @@ def write_package_manifest(result: PersonResult, *, plan: JobPlan) -> Path:
             "registration": {
                 "verdict": pair.registration.get("verdict", "not run"),
                 "reason": pair.registration.get("reason", ""),
-                "metrics": pair.registration.get("metrics", {}),
+                "figures": pair.registration.get("metrics", {}),
                 "matrix_lps": pair.registration.get("matrix_lps"),
+                "ambiguous": pair.registration.get("ambiguous", False),
             },
             "change": {key: value for key, value in pair.change.items()
                        if key in ("method", "reason", "bundle", "version", "lesion_count")},
             "paths": _manifest_paths(pair.outputs),
         })
+        if run_ids and run_ids.get(pair.pair_id):
+            pairs[-1]["mlflow_run_id"] = run_ids[pair.pair_id]
     manifest = build_manifest(
         person_pseudonym=result.person, current_study_uid=result.current_study_uid,
         current_series=current_series, pairs=pairs, job_id=plan.job_id)
@@ -444,17 +457,23 @@ def _instances_of_sources(catalog: Any, source_ids: Sequence[str]) -> list[Any]:
     return rows
 
 
-def _store_job_outcomes(plan: JobPlan, outcomes: Sequence[tuple[str, str, str]]) -> None:
-    """Write the job's used and skipped files to the catalog's job outcomes."""
+def _store_job_outcomes(plan: JobPlan, outcomes: Sequence[tuple[str, str, str]],
+                        rejected: Mapping[str, str]) -> None:
+    """Write the job's used, skipped and undecodable files to the catalog's job outcomes."""
     used = [location for location, outcome, _ in outcomes if outcome == "used"]
     if used:
         plan.catalog.mark_used(used, plan.job_id)
-    skipped_by_reason: dict[str, list[str]] = defaultdict(list)
+    by_reason: dict[tuple[str, str], list[str]] = defaultdict(list)
     for location, outcome, reason in outcomes:
         if outcome == "skipped" and location in plan.not_chosen:
-            skipped_by_reason[reason].append(location)
-    for reason, locations in skipped_by_reason.items():
-        plan.catalog.mark_skipped(locations, plan.job_id, reason=reason)
+            by_reason[(outcome, reason)].append(location)
+        elif outcome == "rejected" and location in (rejected or {}):
+            by_reason[(outcome, reason)].append(location)
+    for (outcome, reason), locations in by_reason.items():
+        if outcome == "skipped":
+            plan.catalog.mark_skipped(locations, plan.job_id, reason=reason)
+        else:
+            plan.catalog.mark_rejected(locations, plan.job_id, reason=reason)
 
 
 def _catalog_link_rows(linkage: Any) -> list[dict[str, Any]]:

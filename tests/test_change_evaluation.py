@@ -1,4 +1,4 @@
-"""Lesion-level evaluation on hand-made label maps with known answers."""
+"""Lesion-level evaluation on hand-made label maps with known results."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def test_labels_mark_where_images_differ():
     assert pair.has_change
     difference = np.abs(pair.current - pair.prior)
 
-    # Labels come from the lesions, not from the images; where a lesion came or went
+    # Labels come from the lesions, not from the images. Where a lesion came or went,
     # the images differ by its contrast, well above the noise and edge background.
     for value in (1, 2):
         inside = pair.labels == value

@@ -448,6 +448,22 @@ class Catalog:
             raise ValueError(f"job {job_id}: a skipped file needs a reason, got ''")
         return self._mark(keys, job_id, OUTCOME_SKIPPED, reason)
 
+    def mark_rejected(
+        self, keys: Iterable[str | os.PathLike[str]], job_id: str, *, reason: str
+    ) -> int:
+        """Record that a job rejected these indexed files, for example as undecodable.
+
+        Raises
+        ------
+        KeyError
+            When a key matches no file; nothing is marked then.
+        ValueError
+            When ``reason`` is empty.
+        """
+        if not reason:
+            raise ValueError(f"job {job_id}: a rejected file needs a reason, got ''")
+        return self._mark(keys, job_id, OUTCOME_REJECTED, reason)
+
     def _mark(self, keys: Iterable[str | os.PathLike[str]], job_id: str,
               outcome: str, reason: str) -> int:
         wanted = {os.fspath(key) for key in keys}

@@ -29,8 +29,8 @@ BASELINE_K_SIGMA = 4.0
 # Components smaller than a 4 mm sphere (about 34 mm^3) are dropped as noise.
 BASELINE_MIN_VOLUME_MM3 = 34.0
 
-# Gaussian smoothing of the difference (sigma, mm) before thresholding; it lowers the
-# noise about threefold on a 1.5 mm grid and keeps lesions of 4 mm and up.
+# Gaussian smoothing of the difference (sigma, mm) before thresholding. It lowers
+# white noise about threefold on a 1.5 mm grid and keeps lesions of 4 mm and up.
 BASELINE_SMOOTHING_MM = 1.0
 
 # CT voxels above this are tissue; the lungs inside are added by filling holes.
@@ -95,11 +95,14 @@ def subtraction_baseline(
 ) -> ChangeOutput:
     """Detect change by thresholding the difference of two registered volumes.
 
-    The difference ``current - prior`` is smoothed, its noise standard deviation is
-    estimated from the median absolute deviation inside the body, and voxels beyond
-    ``k_sigma`` of it are change: a positive difference is new or grown tissue
-    (class 1), a negative one resolved or shrunk tissue (class 2). Components under
+    The difference ``current - prior`` is smoothed, and its noise standard deviation
+    is estimated from the median absolute deviation inside the body. Voxels beyond
+    ``k_sigma`` of it are change, and the sign gives the class: positive is new or
+    grown tissue (1), negative resolved or shrunk tissue (2). Components under
     ``min_volume_mm3`` are dropped.
+
+    NOTE: a new lesion darker than its surroundings (a cyst in soft tissue) gets
+    class 2, since the sign is the only cue this method has.
 
     Parameters
     ----------
@@ -141,7 +144,7 @@ def subtraction_baseline(
     difference = ndimage.gaussian_filter(current - prior, sigma=sigma_voxels)
     sigma = robust_sigma(difference[mask])
     if sigma == 0.0:
-        # Identical inputs: nothing changed, and any threshold above 0 says so.
+        # Identical inputs have nothing to detect, and any threshold above 0 keeps it so.
         sigma = float(np.finfo(np.float32).eps)
     threshold = k_sigma * sigma
 

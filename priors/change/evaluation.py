@@ -9,10 +9,10 @@ Definitions, used wherever these figures are reported:
   over union (IoU) is at least ``DETECTION_IOU``. A predicted component that detects
   nothing is a false positive.
 - ``lesion_f1_5mm`` is the F1 over changes of ``HEADLINE_MIN_DIAMETER_MM`` or more,
-  both classes together. Recall counts ground-truth changes of that size; precision
-  counts predicted components that detect such a change (true) or detect nothing
-  and are themselves of that size (false). Predicted components that only detect
-  smaller changes are left out of it.
+  both classes together. Recall counts ground-truth changes of that size. Precision
+  counts predicted components that detect such a change as true, and those that
+  detect nothing and are themselves of that size as false. Predicted components
+  that only detect smaller changes are left out of it.
 """
 
 from __future__ import annotations
@@ -144,13 +144,13 @@ def evaluate_pairs(
     Returns
     -------
     dict
-        ``lesion_f1_5mm``, ``lesion_precision_5mm``, ``lesion_recall_5mm``,
-        ``lesion_f1_all`` (every size), ``per_class`` (precision, recall, F1 at 5 mm
-        or more, and voxel Dice per class), ``voxel_dice`` (both classes),
-        ``fp_per_no_change_pair`` (false-positive components of any size per pair
-        without change), ``by_size`` (recall per size stratum) and, when
-        ``misregistration_mm`` is given, ``by_misregistration``. See the module
-        docstring for the definitions.
+        ``lesion_f1_5mm``, ``lesion_precision_5mm`` and ``lesion_recall_5mm``;
+        ``lesion_f1_all`` and friends over every size; ``per_class`` with precision,
+        recall and F1 at 5 mm or more and voxel Dice per class; ``voxel_dice`` over
+        both classes. ``fp_per_no_change_pair`` counts false-positive components of
+        any size per pair without change. ``by_size`` holds the recall per size
+        stratum and, when ``misregistration_mm`` is given, ``by_misregistration``
+        the figures per misregistration stratum. The module docstring defines them.
     """
     if len(predictions) != len(truths):
         raise ValueError(

@@ -24,8 +24,8 @@ __all__ = ["ChangeModel", "load_change_model", "resolve_device", "sha256_file"]
 
 logger = logging.getLogger(__name__)
 
-# Input spacing within 5 % of the bundle's spacing is used as is; beyond that the pair
-# is resampled, since the network saw lesions only at its training resolution.
+# Input spacing within 5 % of the bundle's spacing is used as is. Beyond that the pair
+# is resampled, because the network saw lesions only at its training resolution.
 SPACING_TOLERANCE = 0.05
 
 
@@ -202,7 +202,7 @@ def _resize(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     target = tuple(int(s) for s in shape)
     factors = [t / s for t, s in zip(target, volume.shape, strict=True)]
     resized = ndimage.zoom(volume, factors, order=1, grid_mode=True, mode="nearest")
-    # zoom may miss the target by one voxel on an axis; crop or edge-pad to it.
+    # zoom can miss the target by one voxel on an axis, so crop or edge-pad to it.
     resized = resized[tuple(slice(0, t) for t in target)]
     padding = [(0, t - s) for t, s in zip(target, resized.shape, strict=True)]
     return np.pad(resized, padding, mode="edge")

@@ -1,7 +1,7 @@
 """The supervised training loop of the change network (torch, CPU or GPU).
 
-The loop takes ready examples, so it knows nothing of where they come from; the
-training job builds them from synthetic pairs.
+The loop takes ready examples and does not depend on their source. The training
+job builds them from synthetic pairs.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _random_crop_and_flip(
     window = tuple(slice(b, b + r) for b, r in zip(starts, roi_size, strict=True))
     inputs = inputs[(slice(None), *window)]
     labels = labels[window]
-    # Left-right and anterior-posterior mirror images are plausible chests; z is not flipped.
+    # Left-right and anterior-posterior mirror images are plausible chests, head-feet ones are not.
     for axis in (1, 2):
         if rng.random() < 0.5:
             inputs = np.flip(inputs, axis=axis + 1)
@@ -96,8 +96,8 @@ def train_change_network(
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     weights = torch.tensor([1.0, change_class_weight, change_class_weight], device=device)
     cross_entropy = torch.nn.CrossEntropyLoss(weight=weights)
-    # Dice over the batch on the change classes only: patches without change would
-    # otherwise give an undefined per-sample Dice.
+    # Dice is pooled over the batch and taken on the change classes only, because a
+    # patch without change has no per-sample Dice.
     dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
 
     steps_per_epoch = math.ceil(len(examples) / batch_size)
@@ -108,6 +108,7 @@ def train_change_network(
     for epoch in range(epochs):
         order = rng.permutation(len(examples))
         totals = np.zeros(3)
+        epoch_steps = 0
         for first in range(0, len(order), batch_size):
             elapsed = time.monotonic() - started
             progress = history.steps / total_steps
@@ -133,16 +134,12 @@ def train_change_network(
             loss.backward()
             optimizer.step()
             history.steps += 1
+            epoch_steps += 1
             totals += (loss.item(), dice_loss.item(), ce_loss.item())
 
-        batches = (
-            max(1, math.ceil(len(order) / batch_size)) if not history.stopped_by_time else None
-        )
-        if batches is None:
-            # The last epoch stopped part-way; its mean covers the steps it ran.
-            batches = max(1, history.steps - steps_per_epoch * epoch)
-        if totals.any():
-            mean = totals / batches
+        # A last epoch cut short by the time budget averages over the steps it ran.
+        if epoch_steps:
+            mean = totals / epoch_steps
             history.epoch_loss.append(float(mean[0]))
             history.epoch_dice_loss.append(float(mean[1]))
             history.epoch_ce_loss.append(float(mean[2]))

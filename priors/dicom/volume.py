@@ -104,6 +104,32 @@ def _read_all(
     return by_series, rejections
 
 
+def _decodable_frames(
+    series_uid: str, frames: Sequence[Frame], rejections: list[SeriesRejection]
+) -> list[Frame]:
+    """Decode every frame once; drop the files that fail, each with its own rejection.
+
+    One undecodable instance then costs its own slice (and may split the stack at
+    the gap it leaves), not the whole series. Decoded values are cached on the
+    instance, so the later build does not decode again.
+    """
+    kept = []
+    failed: dict[str, str] = {}
+    for frame in frames:
+        if frame.path in failed:
+            continue
+        try:
+            frame.stored()
+        except _pixels.PixelDecodeError as err:
+            failed[frame.path] = str(err)
+            continue
+        kept.append(frame)
+    for path, reason in failed.items():
+        logger.warning("series %s: dropped an undecodable file: %s", series_uid, reason)
+        rejections.append(SeriesRejection(series_uid, "", reason, [path]))
+    return kept
+
+
 def _stored_slices(frames: Sequence[Frame]) -> list[np.ndarray]:
     """Decode the frames and invert MONOCHROME1, keeping stored (pre-rescale) units."""
     slices = []
@@ -404,7 +430,8 @@ def build_volumes(
 
     by_series, rejections = _read_all(paths)
     volumes: list[Volume] = []
-    for series_uid, frames in by_series.items():
+    for series_uid, all_frames in by_series.items():
+        frames = _decodable_frames(series_uid, all_frames, rejections)
         stacks, stack_rejections = split_series(frames, temporal_policy=temporal_policy)
         for rejected in stack_rejections:
             rejections.append(

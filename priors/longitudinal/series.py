@@ -85,9 +85,10 @@ _DERIVED_VIEW_WORDS = re.compile(
 MIN_VOLUME_SLICES = 6
 # A normal further than this from every patient axis makes a plane oblique (degrees).
 OBLIQUE_ANGLE_DEGREES = 30.0
-# Slices at most this thick are "thin" (mm): the usual split between thin reconstructions
-# for lung or bone (0.5 to 1.5 mm) and thick ones for reading (3 to 5 mm).
-THIN_SLICE_MM = 2.0
+# Slices at most this thick are "thin" (mm). Thin lung or bone reconstructions run
+# from 0.5 to 2.5 mm depending on the scanner generation, thick reading series from
+# 5 mm up, so the split sits between the two.
+THIN_SLICE_MM = 3.0
 # MR weighting from TR and TE (ms) when the description names none. The limits are
 # the usual spin-echo ranges at 0.3 to 3 T.
 T1_MAX_TR_MS = 1000.0

@@ -7,9 +7,11 @@ each axis is shrunk only as far as the target voxel size of the level needs.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import SimpleITK as sitk
 
 from priors.registration.presets import RegistrationOptions
@@ -18,6 +20,16 @@ from priors.registration.presets import RegistrationOptions
 # mask (Mattes: "Joint PDF summed to zero"; v4 metrics: "Too many samples map outside
 # moving image buffer", "... do not sufficiently overlap").
 OVERLAP_ERROR_MARKERS = ("joint pdf summed to zero", "samples map outside", "sufficiently overlap")
+
+
+# Mattes samples per joint-histogram bin, on average. With 32 x 32 bins filled by a
+# few thousand to 40,000 masked samples, the metric's gradient on a uniform MR
+# phantom (table-moved pair) pointed away from the optimum. From five 20 mm starts:
+# 10 per bin stalled 3 to 23 mm off; 50 per bin ended 0.3 to 0.7 mm off; 100 per bin
+# (8 to 20 bins) ended within 0.29 mm every time; 200 per bin (8 bins) settled on a
+# 0.7 mm bias.
+SAMPLES_PER_BIN = 100
+MIN_HISTOGRAM_BINS = 8
 
 
 class OverlapError(RuntimeError):
@@ -60,6 +72,24 @@ def sampling_fraction(image: sitk.Image, options: RegistrationOptions) -> float:
     return min(1.0, samples / voxels)
 
 
+def expected_samples(image: sitk.Image, mask: sitk.Image, options: RegistrationOptions) -> float:
+    """Estimate how many metric samples of a level fall inside the fixed mask."""
+    mask_mm3 = np.count_nonzero(sitk.GetArrayViewFromImage(mask)) * math.prod(mask.GetSpacing())
+    image_mm3 = image.GetNumberOfPixels() * math.prod(image.GetSpacing())
+    inside = min(1.0, mask_mm3 / image_mm3)
+    return sampling_fraction(image, options) * image.GetNumberOfPixels() * inside
+
+
+def histogram_bins(samples: float, options: RegistrationOptions) -> int:
+    """Return the Mattes bins for a level: ``options.histogram_bins`` or fewer.
+
+    The joint histogram has bins squared cells, so the bins are capped at
+    sqrt(samples / SAMPLES_PER_BIN).
+    """
+    affordable = int(math.sqrt(max(samples, 0.0) / SAMPLES_PER_BIN))
+    return max(MIN_HISTOGRAM_BINS, min(options.histogram_bins, affordable))
+
+
 def configure(
     fixed: sitk.Image,
     options: RegistrationOptions,
@@ -73,7 +103,8 @@ def configure(
     if options.metric == "correlation":
         method.SetMetricAsCorrelation()
     elif options.metric == "mattes":
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=options.histogram_bins)
+        bins = histogram_bins(expected_samples(fixed, fixed_mask, options), options)
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
     else:
         raise ValueError(
             f"registration metric {options.metric!r} is not supported, "

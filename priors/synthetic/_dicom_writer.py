@@ -14,15 +14,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.fileset import FileSet
-from pydicom.sr.codedict import codes
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
-    XRayRadiationDoseSRStorage,
 )
 
 from priors.synthetic._geometry import ScanGrid
@@ -37,13 +35,6 @@ _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://priors.invalid/syntheti
 RESCALE_INTERCEPT = -1024.0
 # Unsigned storage has 12 bits stored, so stored values stop at 4095 (3071 HU).
 UNSIGNED_BITS_STORED = 12
-
-_MEAN_CTDIVOL = hd.sr.CodedConcept("113830", "DCM", "Mean CTDIvol")
-_DLP = hd.sr.CodedConcept("113838", "DCM", "DLP")
-_MGY = hd.sr.CodedConcept("mGy", "UCUM", "mGy")
-_MGY_CM = hd.sr.CodedConcept("mGy.cm", "UCUM", "mGy.cm")
-_EVENTS = hd.sr.CodedConcept("{events}", "UCUM", "events")
-_CT_XRAY = hd.sr.CodedConcept("77477000", "SCT", "Computed Tomography X-Ray")
 
 
 def make_uid(*parts: object) -> str:
@@ -92,7 +83,7 @@ def _patient_age(birth_date: str, study_date: str) -> str:
     return f"{years:03d}Y"
 
 
-def _common(
+def common_attributes(
     study: StudyContext, series: SeriesContext, sop_class_uid: str, sop_uid: str
 ) -> Dataset:
     # Patient, General Study, Patient Study, General Series, General Equipment and
@@ -189,15 +180,17 @@ def axial_image(
     slice_thickness_mm: float,
     kernel: str,
     image_type: tuple[str, ...],
+    window: tuple[float, float],
 ) -> Dataset:
     """Build one CT Image Storage instance of an axial series.
 
-    `hu` is the (rows, columns) slice in HU. Instance numbers start at 1 with
-    `slice_index` 0, the first slice along the grid's slice direction.
+    `hu` is the (rows, columns) slice in HU and `window` the (center, width) in HU.
+    Instance numbers start at 1 with `slice_index` 0, the first slice along the
+    grid's slice direction.
     """
     instance_number = slice_index + 1
     sop_uid = make_uid(series.series_instance_uid, "image", instance_number)
-    ds = _common(study, series, CTImageStorage, sop_uid)
+    ds = common_attributes(study, series, CTImageStorage, sop_uid)
     _image_attributes(ds, study, hu)
     position = grid.slice_position(slice_index)
     ds.ImageType = list(image_type)
@@ -215,8 +208,7 @@ def axial_image(
     ds.XRayTubeCurrent = 180
     ds.ExposureTime = 500
     ds.TableHeight = 160
-    ds.WindowCenter = -600 if "LUNG" in kernel.upper() or kernel in {"B70f", "YC"} else 40
-    ds.WindowWidth = 1500 if ds.WindowCenter == -600 else 400
+    ds.WindowCenter, ds.WindowWidth = window
     return ds
 
 
@@ -230,7 +222,7 @@ def localizer_image(
 ) -> Dataset:
     """Build the single coronal localizer image: rows run to the feet, columns to the left."""
     sop_uid = make_uid(series.series_instance_uid, "image", 1)
-    ds = _common(study, series, CTImageStorage, sop_uid)
+    ds = common_attributes(study, series, CTImageStorage, sop_uid)
     _image_attributes(ds, study, hu)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
     ds.AcquisitionNumber = 1
@@ -246,87 +238,6 @@ def localizer_image(
     ds.TableHeight = 160
     ds.WindowCenter = 0
     ds.WindowWidth = 1200
-    return ds
-
-
-def dose_report(
-    study: StudyContext,
-    series: SeriesContext,
-    *,
-    ctdi_vol_mgy: float,
-    dlp_mgy_cm: float,
-) -> Dataset:
-    """Build an X-Ray Radiation Dose SR (TID 10011, CT Radiation Dose) for one spiral scan."""
-    sop_uid = make_uid(series.series_instance_uid, "sr", 1)
-    ds = _common(study, series, XRayRadiationDoseSRStorage, sop_uid)
-    ds.Modality = "SR"
-    ds.InstanceNumber = 1
-    ds.ReferencedPerformedProcedureStepSequence = []
-    ds.PerformedProcedureCodeSequence = []
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
-    ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = [hd.sr.CodedConcept.from_code(codes.DCM.XRayRadiationDoseReport)]
-    ds.ContinuityOfContent = "SEPARATE"
-    template = Dataset()
-    template.MappingResource = "DCMR"
-    template.TemplateIdentifier = "10011"
-    ds.ContentTemplateSequence = [template]
-
-    start = dt.datetime.strptime(study.study_date + study.time_after(0), "%Y%m%d%H%M%S")
-    end = start + dt.timedelta(seconds=series.seconds_after_study)
-    contains = hd.sr.RelationshipTypeValues.CONTAINS
-    accumulated = hd.sr.ContainerContentItem(
-        name=codes.DCM.CTAccumulatedDoseData, relationship_type=contains
-    )
-    accumulated.ContentSequence = [
-        hd.sr.NumContentItem(
-            name=codes.DCM.TotalNumberOfIrradiationEvents, value=1, unit=_EVENTS,
-            relationship_type=contains,
-        ),
-        hd.sr.NumContentItem(
-            name=codes.DCM.CTDoseLengthProductTotal, value=dlp_mgy_cm, unit=_MGY_CM,
-            relationship_type=contains,
-        ),
-    ]  # fmt: skip
-    dose = hd.sr.ContainerContentItem(name=codes.DCM.CTDose, relationship_type=contains)
-    dose.ContentSequence = [
-        hd.sr.NumContentItem(
-            name=_MEAN_CTDIVOL, value=ctdi_vol_mgy, unit=_MGY, relationship_type=contains
-        ),
-        hd.sr.NumContentItem(name=_DLP, value=dlp_mgy_cm, unit=_MGY_CM, relationship_type=contains),
-    ]
-    acquisition = hd.sr.ContainerContentItem(
-        name=codes.DCM.CTAcquisition, relationship_type=contains
-    )
-    acquisition.ContentSequence = [
-        hd.sr.CodeContentItem(
-            name=codes.DCM.TargetRegion, value=codes.SCT.Chest, relationship_type=contains
-        ),
-        hd.sr.CodeContentItem(
-            name=codes.DCM.CTAcquisitionType, value=codes.SCT.SpiralAcquisition,
-            relationship_type=contains,
-        ),
-        hd.sr.UIDRefContentItem(
-            name=codes.DCM.IrradiationEventUID, value=make_uid(study.study_instance_uid, "event"),
-            relationship_type=contains,
-        ),
-        dose,
-    ]  # fmt: skip
-    ds.ContentSequence = [
-        hd.sr.CodeContentItem(
-            name=codes.DCM.ProcedureReported, value=_CT_XRAY,
-            relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
-        ),
-        hd.sr.DateTimeContentItem(
-            name=codes.DCM.StartOfXRayIrradiation, value=start, relationship_type=contains
-        ),
-        hd.sr.DateTimeContentItem(
-            name=codes.DCM.EndOfXRayIrradiation, value=end, relationship_type=contains
-        ),
-        accumulated,
-        acquisition,
-    ]  # fmt: skip
     return ds
 
 
@@ -361,7 +272,7 @@ def write_media(
     rewritten with the new Referenced File IDs.
     """
     file_set = FileSet()
-    file_set.UID = file_set_uid
+    file_set.UID = UID(file_set_uid)
     file_set.ID = file_set_id
     for ds in datasets:
         file_set.add(with_file_meta(ds))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -129,8 +130,8 @@ def axial_grid(
     """Build an axial grid centred on a point, oriented as a supine scan.
 
     Head-first supine images have rows along +x and columns along +y. Feet-first
-    supine images have rows along -x, as scanners write them, so the slice normal
-    points to the feet.
+    supine images have rows along -x (Image Orientation (Patient) -1\\0\\0\\0\\1\\0),
+    so the slice normal points to the feet.
     """
     row = np.array([-1.0, 0.0, 0.0]) if feet_first else np.array([1.0, 0.0, 0.0])
     column = np.array([0.0, 1.0, 0.0])
@@ -140,3 +141,8 @@ def axial_grid(
     half = (np.array([matrix, matrix, n_slices]) - 1) / 2.0 * np.asarray(spacing)
     origin = np.asarray(center_lps, dtype=np.float64) - direction @ half
     return ScanGrid(origin, direction, spacing, (matrix, matrix, n_slices))
+
+
+def rounded(values: Any) -> list[float]:
+    """Round coordinates or matrix rows to 1e-6 for JSON."""
+    return [round(float(v), 6) for v in values]

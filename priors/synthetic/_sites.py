@@ -1,6 +1,7 @@
 """The institutions of the synthetic cohort and how each writes its records.
 
-Every name, identifier and institution here is invented.
+Every person, identifier and institution here is invented. Manufacturers and
+model names are real products, so that headers look like those of real scanners.
 """
 
 from __future__ import annotations

@@ -44,6 +44,20 @@ LOBE_COUNT = 5
 LUNG_LESION_MARGIN_MM = 4.0
 
 
+# The 26 directions to the faces, edges and corners of a cube, as unit vectors.
+_PROBE_DIRECTIONS = np.array(
+    [
+        (i, j, k)
+        for i in (-1, 0, 1)
+        for j in (-1, 0, 1)
+        for k in (-1, 0, 1)
+        if (i, j, k) != (0, 0, 0)
+    ],
+    dtype=np.float64,
+)
+_PROBE_DIRECTIONS /= np.linalg.norm(_PROBE_DIRECTIONS, axis=1, keepdims=True)
+
+
 class Tissue(enum.IntEnum):
     """Tissue class of a phantom point. The value is the label that `tissue_labels` returns."""
 
@@ -419,7 +433,7 @@ def random_lung_lesion(
     max_lobulation: float = 0.3,
     max_tries: int = 200,
 ) -> Lesion:
-    """Draw a lesion that lies wholly inside one lung of the anatomy.
+    """Draw a lesion that lies inside one lung of the anatomy.
 
     Parameters
     ----------
@@ -439,7 +453,7 @@ def random_lung_lesion(
     Returns
     -------
     Lesion
-        A lesion whose centre and outline extremes all fall in lung.
+        A lesion whose centre and 26 probe points around its outline fall in lung.
 
     Raises
     ------
@@ -458,13 +472,14 @@ def random_lung_lesion(
             [side * anatomy.lung_offset_x_mm, anatomy.lung_center_y_mm, anatomy.lung_center_z_mm]
         ) + unit * np.asarray(anatomy.lung_radii_mm)
 
-        # Check the centre and the six extreme points of the lobulated outline.
+        # NOTE: only the centre and 26 points around the largest possible outline are
+        # tested, so a lesion can still touch a structure that reaches between them.
         reach = radii * (1.0 + lobulation) + LUNG_LESION_MARGIN_MM
-        probes = np.vstack([center, center + np.diag(reach), center - np.diag(reach)])
+        probes = np.vstack([center, center + _PROBE_DIRECTIONS * reach])
         if np.all(tissue_labels(anatomy, probes) == Tissue.LUNG):
             return Lesion(
-                center_mm=tuple(float(v) for v in center),
-                radii_mm=tuple(float(v) for v in radii),
+                center_mm=(float(center[0]), float(center[1]), float(center[2])),
+                radii_mm=(float(radii[0]), float(radii[1]), float(radii[2])),
                 hu=float(rng.uniform(*hu)),
                 lobulation=float(lobulation),
                 seed=int(rng.integers(0, 2**31 - 1)),

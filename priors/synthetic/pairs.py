@@ -7,9 +7,9 @@ misregistration, a smooth breathing-like deformation, and its own reconstruction
 kernel, noise and slice thickness.
 
 The labels are defined in the current frame by the true correspondence (the phantom
-frame), not by the misregistered prior image: a voxel is 1 (new or grown) where a
-lesion is present now and was not before, 2 (resolved or shrunk) where a lesion was
-present before and is not now, 0 elsewhere.
+frame), not by the misregistered prior image. A voxel is 1 (new or grown) where a
+lesion is present now and was not before. It is 2 (resolved or shrunk) where a
+lesion was present before and is not now, and 0 elsewhere.
 
 Arrays are in SimpleITK's axis order (z, y, x); spacing is ``(sx, sy, sz)`` mm; the
 grid's axes are aligned with the phantom's LPS axes.
@@ -69,9 +69,9 @@ LESION_DIAMETER_MM = (3.0, 30.0)
 RADIUS_RATIO = (0.35, 0.75)
 MIN_RADIUS_CHANGE_MM = 1.5
 
-# Lesion attenuation. Lung nodules are solid or part-solid; soft-tissue lesions
+# Lesion attenuation. Lung nodules are solid or part-solid. Soft-tissue lesions
 # differ from their surroundings by 40-150 HU either way (cysts, metastases, enhancing
-# lesions), which keeps them above the noise of a diagnostic CT.
+# lesions), so they stand above the noise of a diagnostic CT.
 LUNG_LESION_HU = (-250.0, 60.0)
 SOFT_TISSUE_CONTRAST_HU = (40.0, 150.0)
 
@@ -153,8 +153,8 @@ def _pick_lesion_site(
     points, hu = _candidate_points(base, rng, low, high)
     lung = (hu > LUNG_HU[0]) & (hu < LUNG_HU[1])
     soft = (hu > SOFT_TISSUE_HU[0]) & (hu < SOFT_TISSUE_HU[1])
-    wanted = "lung" if rng.random() < 0.5 else "soft_tissue"
-    order = [wanted, "soft_tissue" if wanted == "lung" else "lung"]
+    preferred = "lung" if rng.random() < 0.5 else "soft_tissue"
+    order = [preferred, "soft_tissue" if preferred == "lung" else "lung"]
     for tissue in order:
         chosen = np.flatnonzero(lung if tissue == "lung" else soft)
         if len(chosen):
