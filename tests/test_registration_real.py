@@ -76,15 +76,11 @@ def body_displacement_mm(transform: sitk.Transform, image: sitk.Image) -> np.nda
         image.TransformContinuousIndexToPhysicalPoint([float(c) for c in size * np.array(bits)])
         for bits in np.ndindex(2, 2, 2)
     ]
-    return np.array(
-        [np.linalg.norm(np.subtract(transform.TransformPoint(p), p)) for p in corners]
-    )
+    return np.array([np.linalg.norm(np.subtract(transform.TransformPoint(p), p)) for p in corners])
 
 
 @pytest.mark.parametrize("metric", ["mattes", "correlation"])
-@pytest.mark.parametrize(
-    "perturbation_mm", [(0.0, 0.0, 20.0), (0.0, 0.0, -20.0), (20.0, 0.0, 0.0)]
-)
+@pytest.mark.parametrize("perturbation_mm", [(0.0, 0.0, 20.0), (0.0, 0.0, -20.0), (20.0, 0.0, 0.0)])
 def test_table_moved_recovers_identity(
     table_moved: tuple, metric: str, perturbation_mm: tuple
 ) -> None:
