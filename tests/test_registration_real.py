@@ -52,8 +52,11 @@ def echo1_magnitude(folder: Path) -> sitk.Image:
 
 @pytest.fixture(scope="module")
 def table_moved(shared_data: Path) -> tuple[sitk.Image, sitk.Image]:
-    """Return the two magnitude volumes of the phantom scanned before and after a 60 mm
-    table move; in patient coordinates the true transform is the identity."""
+    """Return the magnitude volumes of a phantom scanned before and after a 60 mm table move.
+
+    The phantom moved with the table, so in patient coordinates the true transform
+    is the identity.
+    """
     root = shared_data / "table-moved" / "In" / "Ph"
     current = echo1_magnitude(root / "1301_Dual-echo_iso")
     prior = echo1_magnitude(root / "2201_Dual-echo_FH-60_table_moved")
@@ -99,8 +102,8 @@ def test_table_moved_corners_near_identity(table_moved: tuple) -> None:
     current, prior = table_moved
     start = sitk.TranslationTransform(3, (0.0, 0.0, 20.0))
     result = register(current, prior, modality_pair="MR-MR", initial_transform=start)
-    # The phantom is nearly a sphere, so small rotations about its centre cost little;
-    # the corners of the 270 x 270 x 116 mm box bound what they do to the image.
+    # The phantom is nearly a sphere, so small rotations about its centre cost little.
+    # The corners of the 270 x 270 x 116 mm box bound what such rotations do.
     assert body_displacement_mm(result.transform, current).max() <= 2.0
 
 

@@ -19,6 +19,7 @@ from priors.config import RegistrationSettings
 from priors.registration import (
     RegistrationError,
     RegistrationResult,
+    _levels,
     preset,
     register,
     resample_onto,
@@ -274,7 +275,7 @@ def test_resample_onto_recovers_current(pair: tuple) -> None:
 
 def test_disjoint_volumes_fail_without_itk_error() -> None:
     current = make_volume((64, 64, 24), (5.0, 5.0, 6.0), origin=(-157.5, -157.5, -160.0), seed=3)
-    # The prior holds the phantom 1 m superior, on a grid 1 m superior.
+    # The prior contains the phantom moved 1 m superior, on a grid 1 m superior.
     away = sitk.TranslationTransform(3, (0.0, 0.0, -1000.0))
     prior = make_volume(
         (64, 64, 30), (5.0, 5.0, 6.0), origin=(-157.5, -157.5, 900.0), to_phantom=away, seed=4
@@ -285,3 +286,15 @@ def test_disjoint_volumes_fail_without_itk_error() -> None:
     assert result.reason.startswith("registration failed from every start")
     assert "overlap at most 0.0% of the smaller body" in result.reason
     assert result.candidates[0]["status"] == "failed"
+
+
+def test_itk_overlap_error_shortened() -> None:
+    message = (
+        "Exception thrown in SimpleITK ImageRegistrationMethod_Execute: "
+        "ITK ERROR: MattesMutualInformationImageToImageMetricv4(0x55d0c0ffee00): "
+        "All samples map outside moving image buffer. The images do not sufficiently "
+        "overlap. They need to be initialized to have more overlap."
+    )
+    error = _levels._overlap_error(RuntimeError(message))
+    assert _levels._is_overlap_error(RuntimeError(message))
+    assert str(error) == "All samples map outside moving image buffer."

@@ -1,6 +1,6 @@
 """Registration of a prior volume onto the current volume with SimpleITK.
 
-Works on ``SimpleITK.Image`` volumes in LPS mm and knows neither DICOM nor MLflow.
+Works on ``SimpleITK.Image`` volumes in LPS mm; it reads no DICOM and calls no MLflow.
 ``register`` returns a ``RegistrationResult`` whose transform maps current points to
 prior points; ``resample_onto`` puts the prior on the current grid with it.
 """

@@ -10,11 +10,10 @@ import SimpleITK as sitk
 
 __all__ = ["TRANSFORM_SUFFIXES", "read_transform", "write_overlay_png", "write_transform"]
 
-# Suffixes that ITK's transform IO writes: text (.tfm, .txt), HDF5 (.h5, .hdf5) and
-# MATLAB (.mat, affine transforms only).
-TRANSFORM_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
+# Suffixes of ITK's text (.tfm, .txt) and HDF5 (.h5, .hdf5) transform files.
+TRANSFORM_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5")
 
-# Display window per panel: intensity percentiles inside the current volume, so that
+# Display window of each volume: its own 1st and 99th intensity percentiles, so that
 # a few bright voxels (metal, vessels in MR) do not darken everything else.
 WINDOW_PERCENTILES = (1.0, 99.0)
 
@@ -33,8 +32,8 @@ def _check_suffix(path: Path) -> None:
 def write_transform(transform: sitk.Transform, path: str | os.PathLike[str]) -> Path:
     """Write an ITK transform file (text ``.tfm`` or HDF5 ``.h5``) and return its path.
 
-    The file stores the transform that maps current points to prior points, which is
-    what ITK, 3D Slicer and ANTs expect of a fixed-to-moving registration.
+    The file stores the transform that maps current points to prior points, the
+    direction in which ITK registrations write their results.
     """
     path = Path(path)
     _check_suffix(path)
@@ -50,15 +49,15 @@ def read_transform(path: str | os.PathLike[str]) -> sitk.Transform:
     try:
         transform = sitk.ReadTransform(str(path))
     except RuntimeError as err:
-        raise ValueError(f"{path}: cannot read ITK transform: {err}") from err
+        raise ValueError(f"{path}: failed to read ITK transform: {err}") from err
     return transform.Downcast()
 
 
 def _mid_slices(volume: np.ndarray) -> list[np.ndarray]:
     # After orienting to LPS the array axes are (S, P, L), each index growing towards
     # superior, posterior and left. Axial rows then run anterior to posterior, as
-    # radiology viewers show them; coronal and sagittal rows are flipped so superior
-    # is up.
+    # radiology viewers show them. Coronal and sagittal rows are flipped so that
+    # superior is up.
     k, j, i = (n // 2 for n in volume.shape)
     return [volume[k], volume[:, j, :][::-1, :], volume[:, :, i][::-1, :]]
 

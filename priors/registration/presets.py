@@ -21,15 +21,14 @@ __all__ = [
 
 MODALITY_PAIRS = ("CT-CT", "CT-MR", "MR-MR")
 
-# Floor on metric samples per pyramid level: a coarse level of a small volume
-# (24 x 24 x 10 voxels) would otherwise fill a 32 x 32 joint histogram with a few
-# hundred samples, and the metric becomes too noisy to follow.
+# Floor on metric samples per pyramid level. Without it, a coarse level of a small
+# volume (24 x 24 x 10 voxels) gets a few hundred samples, too few for the metric.
 MIN_SAMPLES_PER_LEVEL = 10_000
 
-# Cap on metric samples per pyramid level. At 40,000 a supine/prone head MR pair
-# (256 x 256 x 35, 4.8 mm slices) registered forwards and backwards disagreed by
-# 0.64 mm (95th percentile); at 100,000 by 0.25 mm. A 128 x 128 x 100 CT pair then
-# takes about 3 to 5 s a start on one shared core.
+# Cap on metric samples per pyramid level. With 40,000 samples, the forward and
+# reverse registrations of a supine/prone head MR pair (256 x 256 x 35, 4.8 mm
+# slices) disagreed by 0.64 mm (95th percentile). With 100,000 they disagreed by
+# 0.25 mm, and a 128 x 128 x 100 CT pair took 3 to 5 s a start on one shared core.
 MAX_SAMPLES_PER_LEVEL = 100_000
 
 # MR-MR pairs come from different scanners, coils and sequences more often than CT

@@ -42,12 +42,12 @@ def overlap_fraction(
     """Return the body overlap as a fraction of the smaller body's volume.
 
     ``transform`` maps current points to prior points. 1.0 means the smaller body
-    lies wholly inside the other; a prior with half the current's field of view that
-    covers that half fully scores 1.0, not 0.5.
+    lies wholly inside the other. So a prior with half the current's field of view
+    that covers that half fully scores 1.0, not 0.5.
     """
     current = sitk.GetArrayViewFromImage(current_mask).astype(bool)
-    overlap_mm3 = np.count_nonzero(current & _mapped_mask(current_mask, prior_mask, transform))
-    overlap_mm3 *= _voxel_volume(current_mask)
+    overlap_voxels = np.count_nonzero(current & _mapped_mask(current_mask, prior_mask, transform))
+    overlap_mm3 = overlap_voxels * _voxel_volume(current_mask)
     current_mm3 = np.count_nonzero(current) * _voxel_volume(current_mask)
     prior_mm3 = np.count_nonzero(sitk.GetArrayViewFromImage(prior_mask)) * _voxel_volume(prior_mask)
     smaller = min(current_mm3, prior_mm3)

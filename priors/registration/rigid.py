@@ -33,15 +33,17 @@ __all__ = ["RegistrationError", "inverse_consistency_mm", "register"]
 
 logger = logging.getLogger(__name__)
 
-# Inverse consistency above this (95th percentile over the body, mm) fails the pair:
-# forward and reverse registrations then disagree by more than a typical CT voxel.
+# Inverse consistency above this (95th percentile over the body, mm) fails the pair,
+# because forward and reverse registrations then disagree by about a CT voxel or more.
 MAX_INVERSE_CONSISTENCY_MM = 1.0
 
 # A start whose bodies overlap less than this is not optimised: ITK's correlation
 # metric then only warns and returns a meaningless value.
 MIN_START_OVERLAP_FRACTION = 0.01
 
-# Tolerance when reading a rotation matrix back from a caller's transform.
+# Tolerance when reading a rotation matrix back from a caller's transform. The
+# matrix is rebuilt from transformed points in double precision, so rounding stays
+# far below it, while a scaled or sheared matrix exceeds it.
 ORTHONORMAL_TOLERANCE = 1e-6
 
 
@@ -51,7 +53,8 @@ class _Masks:
 
     current: sitk.Image
     prior: sitk.Image
-    metric: dict[str, sitk.Image | None]
+    metric_fixed: sitk.Image
+    metric_moving: sitk.Image | None
 
     @classmethod
     def build(cls, current: sitk.Image, prior: sitk.Image, options: RegistrationOptions) -> _Masks:
@@ -60,7 +63,7 @@ class _Masks:
             body_mask(prior, method=options.prior_body_mask),
         )
         moving = metric_mask(bodies[1]) if options.use_prior_mask else None
-        return cls(*bodies, {"fixed_mask": metric_mask(bodies[0]), "moving_mask": moving})
+        return cls(*bodies, metric_mask(bodies[0]), moving)
 
 
 class RegistrationError(ValueError):
@@ -95,8 +98,8 @@ def _centroid(mask: sitk.Image, role: str) -> tuple[float, float, float]:
     stats.Execute(mask)
     if not stats.HasLabel(1):
         raise RegistrationError(
-            f"{role} volume: no body found above the mask threshold; "
-            "check the modality pair and the intensities"
+            f"{role} volume: no body found above the mask threshold. "
+            "Check the modality pair and the intensities"
         )
     return stats.GetCentroid(1)
 
@@ -202,13 +205,18 @@ def _run_starts(
             "offset_mm": offset,
             "start_parameters": list(start.GetParameters()),
         }
-        record["overlap_fraction_at_start"] = overlap_fraction(masks.current, masks.prior, start)
+        start_overlap = overlap_fraction(masks.current, masks.prior, start)
+        record["overlap_fraction_at_start"] = start_overlap
         try:
-            if record["overlap_fraction_at_start"] < MIN_START_OVERLAP_FRACTION:
-                raise _levels.OverlapError(
-                    f"the bodies overlap {record['overlap_fraction_at_start']:.1%} at this start"
-                )
-            transform, info = _levels.optimise(*pyramids, start, options, **masks.metric)
+            if start_overlap < MIN_START_OVERLAP_FRACTION:
+                raise _levels.OverlapError(f"the bodies overlap {start_overlap:.1%} at this start")
+            transform, info = _levels.optimise(
+                *pyramids,
+                start,
+                options,
+                fixed_mask=masks.metric_fixed,
+                moving_mask=masks.metric_moving,
+            )
         except _levels.OverlapError as err:
             record |= {"status": "failed", "error": str(err), "transform": start}
             logger.info("registration start %s %+.0f mm failed: %s", mode, offset, err)
@@ -236,7 +244,9 @@ def _affine_stage(
     affine.SetCenter(rigid.GetCenter())
     affine.SetMatrix(rigid.GetMatrix())
     affine.SetTranslation(rigid.GetTranslation())
-    return _levels.optimise(*pyramids, affine, options, **masks.metric)
+    return _levels.optimise(
+        *pyramids, affine, options, fixed_mask=masks.metric_fixed, moving_mask=masks.metric_moving
+    )
 
 
 def register(
@@ -356,7 +366,13 @@ def _finish(
     best = min(converged, key=lambda c: c["metric"])
     transform = best["transform"]
     start_transform = _euler_from_parameters(best["start_parameters"], center)
-    metrics["metric_before"] = _levels.evaluate(*finest, start_transform, options, **masks.metric)
+    metrics["metric_before"] = _levels.evaluate(
+        *finest,
+        start_transform,
+        options,
+        fixed_mask=masks.metric_fixed,
+        moving_mask=masks.metric_moving,
+    )
     metrics["overlap_fraction_at_start"] = best["overlap_fraction_at_start"]
     metrics |= {
         "iterations": int(sum(best["iterations_per_level"])),
@@ -376,7 +392,9 @@ def _finish(
         timings["affine"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
-    metrics["metric_after"] = _levels.evaluate(*finest, transform, options, **masks.metric)
+    metrics["metric_after"] = _levels.evaluate(
+        *finest, transform, options, fixed_mask=masks.metric_fixed, moving_mask=masks.metric_moving
+    )
     metrics["overlap_fraction"] = overlap_fraction(masks.current, masks.prior, transform)
     metrics |= similarity_in_overlap(current, prior, masks.current, masks.prior, transform)
     ambiguity = _find_ambiguity(candidates, best, options)
