@@ -107,6 +107,7 @@ def test_table_moved_corners_near_identity(table_moved: tuple) -> None:
     assert body_displacement_mm(result.transform, current).max() <= 2.0
 
 
+@pytest.mark.slow
 def test_supine_prone_inverse_consistency(supine_prone: tuple) -> None:
     current, prior = supine_prone
     options = dataclasses.replace(preset("MR-MR"), inverse_consistency=True)
@@ -118,3 +119,28 @@ def test_supine_prone_inverse_consistency(supine_prone: tuple) -> None:
     assert result.metrics["metric_after"] < result.metrics["metric_before"]
     # The head moved by several cm between the studies.
     assert np.linalg.norm(np.asarray(result.matrix_lps)[:3, 3]) > 20.0
+
+
+def read_series_number(study: Path, series_number: int) -> sitk.Image:
+    """Read the files of one series, chosen by (0020,0011) Series Number, from a folder."""
+    files = [
+        path
+        for path in sorted(study.iterdir())
+        if int(pydicom.dcmread(path, stop_before_pixels=True).SeriesNumber) == series_number
+    ]
+    return read_volume(files)
+
+
+@pytest.mark.slow
+def test_spine_pair_runs_within_a_minute(shared_data: Path) -> None:
+    # Sagittal T2 of one patient from two sites six days apart: 448 x 498 x 15 at
+    # 1.5 T (current) and 512 x 512 x 11 at 0.3 T (prior), no shared frame of reference.
+    patient = shared_data / "spine-cd-a" / "DICOM" / "04600" / "P0000001"
+    current = read_series_number(patient / "S0000006", 4001)
+    prior = read_series_number(patient / "S0000008", 6)
+    result = register(current, prior, modality_pair="MR-MR")
+    assert result.timings["total"] < 60.0
+    assert result.verdict in {"pass", "fail"}
+    assert (result.verdict == "fail") == bool(result.reason)
+    assert np.isfinite(result.metrics["overlap_fraction"])
+    assert np.isfinite(result.metrics["metric_after"])

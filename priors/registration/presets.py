@@ -38,8 +38,10 @@ MAX_SAMPLES_PER_LEVEL = 100_000
 MR_MIN_NCC = 0.3
 
 # CT-MR has no linear intensity relation, so its check is on normalised mutual
-# information (Studholme, 1.0 = independent, 2.0 = identical).
-# NOTE: 1.05 is a guess; no CT-MR pair with a known transform was available to set it.
+# information ((H(A) + H(B)) / H(A, B): 1.0 independent, 2.0 identical). On a
+# synthetic chest phantom with an MR-like contrast it was 1.14 when registered and
+# 1.01 when 9 to 14 deg and 35 mm off.
+# NOTE: not calibrated on a real CT-MR pair with a known transform.
 CT_MR_MIN_NMI = 1.05
 
 # Regular-step gradient descent: first step in voxels of each level, smallest step

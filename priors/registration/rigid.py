@@ -204,6 +204,7 @@ def _run_starts(
             "initialisation": mode,
             "offset_mm": offset,
             "start_parameters": list(start.GetParameters()),
+            "start_transform": start,
         }
         start_overlap = overlap_fraction(masks.current, masks.prior, start)
         record["overlap_fraction_at_start"] = start_overlap
@@ -324,7 +325,7 @@ def register(
         candidates = _run_starts(pyramids, starts, options, masks, center)
         timings["rigid"] = time.perf_counter() - stage
 
-        result = _finish(current, prior, pyramids, candidates, options, masks, center, timings)
+        result = _finish(current, prior, pyramids, candidates, options, masks, timings)
         timings["total"] = time.perf_counter() - began
     logger.info(
         "registered %s pair: %s%s in %.1f s over %d starts",
@@ -344,7 +345,6 @@ def _finish(
     candidates: list[dict],
     options: RegistrationOptions,
     masks: _Masks,
-    center: tuple[float, ...],
     timings: dict[str, float],
 ) -> RegistrationResult:
     converged = [c for c in candidates if c["status"] == "converged"]
@@ -365,7 +365,7 @@ def _finish(
 
     best = min(converged, key=lambda c: c["metric"])
     transform = best["transform"]
-    start_transform = _euler_from_parameters(best["start_parameters"], center)
+    start_transform = best["start_transform"]
     metrics["metric_before"] = _levels.evaluate(
         *finest,
         start_transform,
@@ -413,13 +413,6 @@ def _finish(
     return _result(
         transform, verdict, reason, metrics, candidates, bool(ambiguity), parameters, timings
     )
-
-
-def _euler_from_parameters(values: list[float], center: tuple[float, ...]) -> sitk.Transform:
-    euler = sitk.Euler3DTransform()
-    euler.SetCenter(center)
-    euler.SetParameters(values)
-    return euler
 
 
 def _inverse_consistency(
@@ -502,8 +495,10 @@ def _result(
     parameters: dict,
     timings: dict,
 ) -> RegistrationResult:
+    # The transform objects stay private: candidates must be JSON-ready.
     public_candidates = [
-        {key: value for key, value in c.items() if key != "transform"} for c in candidates
+        {key: value for key, value in c.items() if key not in {"transform", "start_transform"}}
+        for c in candidates
     ]
     return RegistrationResult(
         transform=transform,
