@@ -165,7 +165,7 @@ def _run_synthetic(args: argparse.Namespace, settings) -> int:
     info = write_cohort(args.out, seed=args.seed, n_patients=args.patients,
                         n_timepoints=args.timepoints)
     print(f"wrote the synthetic cohort to {Path(args.out).resolve()}")
-    print(f"ground truth: {info.ground_truth_path}")
+    print(f"ground truth: {info.ground_truth}")
     return EXIT_OK
 
 

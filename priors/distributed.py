@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from priors.config import Settings
-from priors.pipeline import FAILED, FINISHED, HELD_BACK, SKIPPED, PersonResult, PersonTask
+from priors.pipeline import FAILED, SKIPPED, PersonResult, PersonTask
 from priors.report import JobReport
 
 __all__ = ["resolve_bundle_dir", "run_demo", "run_prepare_job"]
@@ -227,7 +227,7 @@ def _run_on_ray(tasks: list[PersonTask], *, settings: Settings,
         log.info("person %d of %d done (%s)", done, len(tasks), result.person)
         yield result
     for worker in workers:
-        ray.kill(worker)
+        ray.kill(worker)  # type: ignore[arg-type]
 
 
 def _bundle_complete(bundle_dir: Path) -> bool:
@@ -387,6 +387,3 @@ def _series_label(series: Mapping[str, Any]) -> str:
     description = series.get("series_description") or "(no description)"
     return f"#{number} {description}" if number is not None else description
 
-
-# The statuses a pair row can take, for readers of the report.
-PAIR_STATUSES = (FINISHED, HELD_BACK, FAILED, SKIPPED)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from priors.config import Settings
-from priors.provenance.digests import file_sha256, pair_key, series_digest
+from priors.provenance.digests import pair_key, series_digest
 from priors.provenance.record import ProvenanceRecord
 
 __all__ = [
@@ -359,26 +359,29 @@ def _single_transform(registration: Any) -> Any:
     return transform
 
 
-def _detect_change(pair, current, registered, registration, *, pair_dir: Path,
-                   settings: Settings, model_loader) -> tuple[dict, dict, str, str]:
+def _detect_change(pair: PairTask, current: Any, registered: Any, registration: Any, *,
+                   pair_dir: Path, settings: Settings,
+                   model_loader: Callable[[], Any] | None
+                   ) -> tuple[dict[str, Any], dict[str, str], str, str]:
     """Run the model in scope, the baseline outside it, and nothing after a failed QA."""
     import SimpleITK as sitk
 
     if registration.verdict != "pass":
         reason = f"registration failed its quality checks: {registration.reason}"
-        info = {"method": "none", "reason": reason}
-        return info, {}, HELD_BACK, reason
+        return {"method": "none", "reason": reason}, {}, HELD_BACK, reason
 
     current_array = sitk.GetArrayFromImage(current.image).astype(np.float32)
     prior_array = sitk.GetArrayFromImage(registered).astype(np.float32)
-    spacing = tuple(float(value) for value in current.image.GetSpacing())
+    sx, sy, sz = (float(value) for value in current.image.GetSpacing())
+    spacing = (sx, sy, sz)
     modality = pair.current.modality
     model = model_loader() if model_loader is not None else None
     in_scope, scope_reason = (False, "no change model configured")
     if model is not None:
         in_scope, scope_reason = model.in_scope(modality=modality,
                                                 body_part=pair.current.body_part)
-    if in_scope:
+    info: dict[str, Any]
+    if model is not None and in_scope:
         output = model.predict(current_array, prior_array, spacing=spacing)
         info = {
             "method": "model", "reason": "",
@@ -432,15 +435,16 @@ def _seed_record(record: ProvenanceRecord, task: PersonTask, pair: PairTask) -> 
 
 
 def _digest_of(series: SeriesRef, volume: Any) -> str:
-    hashes = {ref.sop_instance_uid: ref.pixel_sha256 for ref in series.instances
-              if ref.sop_instance_uid in set(volume.sop_instance_uids)}
-    for uid, value in volume.pixel_sha256.items():
-        if hashes.get(uid) is None:
-            hashes[uid] = value
-    missing = [uid for uid, value in hashes.items() if value is None]
-    if missing:
-        raise VolumeError(f"series {series.series_instance_uid}: no pixel hash for "
-                          f"{len(missing)} instances, e.g. {missing[0]}")
+    """Return the digest of the instances in the volume, hashed at ingest or decoding."""
+    in_volume = set(volume.sop_instance_uids)
+    hashes: dict[str, str] = {}
+    for ref in series.instances:
+        if ref.sop_instance_uid in in_volume:
+            value = ref.pixel_sha256 or volume.pixel_sha256.get(ref.sop_instance_uid)
+            if value is None:
+                raise VolumeError(f"series {series.series_instance_uid}: instance "
+                                  f"{ref.sop_instance_uid} has no pixel hash")
+            hashes[ref.sop_instance_uid] = value
     return series_digest(hashes)
 
 
@@ -535,6 +539,3 @@ def _short(uid: str) -> str:
     """Return a short, file-name-safe label of a UID (its last components)."""
     return uid.replace(".", "-")[-24:]
 
-
-# Re-exported for the driver, which hashes the package files it logs.
-hash_file = file_sha256

@@ -450,7 +450,7 @@ def _decision_row(decision: Any) -> dict[str, Any]:
 def _instances_of_sources(catalog: Any, source_ids: Sequence[str]) -> list[Any]:
     """Return the valid instance locations that the job's sources hold."""
     wanted = set(source_ids)
-    rows = []
+    rows: list[Any] = []
     for series in catalog.series():
         rows.extend(row for row in catalog.instances(series.series_instance_uid)
                     if row.source_id in wanted)

@@ -121,10 +121,11 @@ def test_spine_provenance_names_every_instance(spine_job):
     records = [json.loads(path.read_text()) for path in provenance_files]
     record = next(item for item in records
                   if any(instance["series_instance_uid"] == pair["current_series_instance_uid"]
-                         for instance in item["instances"]))
-    roles = {instance["role"] for instance in record["instances"]}
-    assert roles == {"current", "prior"}
-    for instance in record["instances"]:
+                         for instance in item["instances"]["current"]))
+    assert set(record["instances"]) == {"current", "prior"}
+    instances = record["instances"]["current"] + record["instances"]["prior"]
+    assert len(instances) >= 2 * 11
+    for instance in instances:
         assert len(instance["file_sha256"]) == 64
         assert len(instance["pixel_sha256"]) == 64
         assert Path(instance["location"]).is_file()
