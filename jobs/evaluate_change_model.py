@@ -43,7 +43,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="write the model and baseline figures to this JSON file",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on the CPU")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch intra-op threads on the CPU; 1 runs faster on a host busy with other work",
+    )
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
     parser.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
     return parser.parse_args(argv)

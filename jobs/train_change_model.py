@@ -79,9 +79,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--ray",
         choices=("auto", "on", "off"),
         default="auto",
-        help="run the training in a Ray task: auto uses Ray when RAY_ADDRESS is set",
+        help="run the training in a Ray task: auto uses Ray when a cluster address is configured",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on the CPU")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch intra-op threads on the CPU; 1 runs faster on a host busy with other work",
+    )
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
     parser.add_argument(
         "--no-mlflow", action="store_true", help="skip MLflow logging and registration"
@@ -123,7 +128,7 @@ def generate_and_train(bundle: str, options: dict[str, Any]) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(options["threads"])
     bundle_path = Path(bundle)
-    window = read_json(bundle_path / "configs" / "inference.json")["preprocessing"]["hu_window"]
+    preprocessing = read_json(bundle_path / "configs" / "inference.json")["preprocessing"]
 
     started = time.monotonic()
     pairs = synthetic_pairs.training_pairs(
@@ -132,7 +137,7 @@ def generate_and_train(bundle: str, options: dict[str, Any]) -> dict[str, Any]:
         shape=options["pair_shape"],
         spacing=options["spacing_mm"],
     )
-    examples = [(stack_inputs(p.current, p.prior, window), p.labels) for p in pairs]
+    examples = [(stack_inputs(p.current, p.prior, preprocessing), p.labels) for p in pairs]
     generation_seconds = time.monotonic() - started
     change_voxels = float(np.mean([np.count_nonzero(p.labels) / p.labels.size for p in pairs]))
     logger.info("generated %d training pairs in %.0f s", len(pairs), generation_seconds)
@@ -162,12 +167,24 @@ def generate_and_train(bundle: str, options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def ray_address() -> str | None:
+    """Return the Ray cluster address from the settings or ``RAY_ADDRESS``, if any."""
+    from priors.config import load_settings
+
+    return load_settings().ray_address or os.environ.get("RAY_ADDRESS") or None
+
+
 def run_training(bundle: Path, options: dict[str, Any], *, use_ray: bool) -> dict[str, Any]:
     if not use_ray:
         return generate_and_train(str(bundle), options)
     import ray
 
-    ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
+    address = ray_address()
+    if address is None:
+        # A local Ray instance, reachable from this machine only.
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+    else:
+        ray.init(address=address, include_dashboard=False)
     gpus = 1 if options["device"] in ("auto", "cuda") and _cuda_available() else 0
     task = ray.remote(num_cpus=options["threads"], num_gpus=gpus)(generate_and_train)
     try:
@@ -269,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": arguments.threads,
         "device": arguments.device,
     }
-    use_ray = arguments.ray == "on" or (
-        arguments.ray == "auto" and bool(os.environ.get("RAY_ADDRESS"))
-    )
+    use_ray = arguments.ray == "on" or (arguments.ray == "auto" and ray_address() is not None)
 
     run = None
     if not arguments.no_mlflow:

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--no-ray", action="store_true",
                          help="run the per-person work in this process instead of on Ray")
     prepare.add_argument("--report", help="also write the job report as JSON to this file")
+    prepare.add_argument("--cross-reference", metavar="CSV",
+                         help="CSV of records known to be one person: issuer_a, id_a, "
+                         "issuer_b, id_b (as a PIX manager exports them)")
 
     demo = commands.add_parser(
         "demo", help="write the synthetic cohort (once) and run the main job on it")
@@ -79,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("--explain", action="store_true",
                           help="list every selection decision with its reason")
     timeline.add_argument("--chart", help="write a PNG chart of studies over time")
+    timeline.add_argument("--cross-reference", metavar="CSV",
+                          help="CSV of records known to be one person: issuer_a, id_a, "
+                          "issuer_b, id_b")
 
     register = commands.add_parser(
         "register", help="register a prior volume onto a current one")
@@ -91,6 +97,28 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="build volumes from DICOM and write NIfTI")
     convert.add_argument("sources", nargs="+", metavar="SOURCE")
     convert.add_argument("--out", required=True, help="output folder")
+
+    audit = commands.add_parser(
+        "audit", help="check and trace provenance recorded in MLflow")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True,
+                                          metavar="AUDIT_COMMAND")
+    verify = audit_commands.add_parser(
+        "verify", help="re-read every instance of a pair run and compare its file_sha256")
+    verify.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a pair")
+    trace = audit_commands.add_parser(
+        "trace", help="list every pair run and output that used an instance")
+    trace.add_argument("sop_instance_uid", metavar="SOP_INSTANCE_UID")
+    trace.add_argument("--series", action="append", default=[], metavar="SERIES_INSTANCE_UID",
+                       help="the instance's series, to read only runs of it; repeatable "
+                       "(default: from the catalog)")
+    trace.add_argument("--no-catalog", action="store_true",
+                       help="do not look the series up in the catalog; read every pair run")
+    lineage = audit_commands.add_parser(
+        "report", help="write a readable lineage report of one pair run")
+    lineage.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a pair")
+    lineage.add_argument("--format", choices=("markdown", "html"), default="markdown",
+                         help="report format (default: %(default)s)")
+    lineage.add_argument("--out", help="output file (default: standard output)")
     return parser
 
 
@@ -138,7 +166,8 @@ def _run_prepare(args: argparse.Namespace, settings) -> int:
 
     report = run_prepare_job(
         args.sources, out_dir=Path(args.out), settings=settings,
-        issuers=_issuers(args.issuer), job_name=args.job_name, use_ray=not args.no_ray)
+        issuers=_issuers(args.issuer), job_name=args.job_name, use_ray=not args.no_ray,
+        cross_reference=args.cross_reference)
     _finish_report(report, args.report)
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -190,7 +219,8 @@ def _run_timeline(args: argparse.Namespace, settings) -> int:
 
     return timeline_command(
         args.sources, settings=settings, issuers=_issuers(args.issuer), person=args.person,
-        as_json=args.json, explain=args.explain, chart=args.chart)
+        as_json=args.json, explain=args.explain, chart=args.chart,
+        cross_reference=args.cross_reference)
 
 
 def _run_register(args: argparse.Namespace, settings) -> int:
@@ -206,6 +236,20 @@ def _run_convert(args: argparse.Namespace, settings) -> int:
     return convert_command(args.sources, out_dir=Path(args.out))
 
 
+def _run_audit(args: argparse.Namespace, settings) -> int:
+    from priors import audit_command
+
+    if args.audit_command == "verify":
+        return audit_command.verify_command(args.run_id, settings=settings)
+    if args.audit_command == "trace":
+        return audit_command.trace_command(
+            args.sop_instance_uid, settings=settings, series_instance_uids=args.series,
+            use_catalog=not args.no_catalog)
+    return audit_command.report_command(
+        args.run_id, settings=settings, fmt=args.format,
+        out_path=Path(args.out) if args.out else None)
+
+
 _COMMANDS = {
     "prepare": _run_prepare,
     "demo": _run_demo,
@@ -214,6 +258,7 @@ _COMMANDS = {
     "timeline": _run_timeline,
     "register": _run_register,
     "convert": _run_convert,
+    "audit": _run_audit,
 }
 
 

@@ -74,6 +74,7 @@ def run_prepare_job(
     issuers: Mapping[str, str] | None = None,
     job_name: str = "prepare",
     use_ray: bool = True,
+    cross_reference: str | os.PathLike[str] | None = None,
 ) -> JobReport:
     """Run the main job over the sources and return its report.
 
@@ -92,6 +93,9 @@ def run_prepare_job(
     use_ray
         Fan the per-person work out on Ray (local ``ray.init()`` unless
         ``RAY_ADDRESS`` or ``ray_address`` names a cluster); otherwise run it here.
+    cross_reference
+        CSV of (issuer_a, id_a, issuer_b, id_b) rows naming records of one person, as a
+        PIX manager provides them; None for none.
     """
     from priors.planning import account_job, plan_job
     from priors.provenance.tracking import JobTracker
@@ -103,7 +107,8 @@ def run_prepare_job(
     bundle_dir = resolve_bundle_dir(settings)
 
     plan = plan_job([Path(path) for path in sources], settings=settings,
-                    issuers=dict(issuers or {}), out_dir=out_dir, job_id=job_id)
+                    issuers=dict(issuers or {}), out_dir=out_dir, job_id=job_id,
+                    cross_reference=Path(cross_reference) if cross_reference else None)
     timings["plan_s"] = time.perf_counter() - started
     report = JobReport(job_id=job_id, out_dir=str(out_dir),
                        mlflow_tracking_uri=settings.mlflow_tracking_uri,
@@ -124,6 +129,7 @@ def run_prepare_job(
         tasks, used = _drop_finished_pairs(plan.tasks, finished, report)
         for task in tasks:
             task.provenance_base["registered_model"] = model_info
+        _start_pair_runs(tracker, tasks)
 
         clock = time.perf_counter()
         results = _run_tasks(tasks, settings=settings, bundle_dir=bundle_dir, use_ray=use_ray)
@@ -183,6 +189,25 @@ def _drop_finished_pairs(tasks: list[PersonTask], finished: Mapping[str, str],
         if pairs:
             kept.append(task)
     return kept, reused
+
+
+def _start_pair_runs(tracker: Any, tasks: Sequence[PersonTask]) -> None:
+    """Open a RUNNING pair run for each pair before the work starts.
+
+    A job that dies leaves these runs RUNNING; the next job marks them KILLED and
+    redoes their pairs, so no run of an unfinished pair looks finished.
+    """
+    for task in tasks:
+        for pair in task.pairs:
+            if not pair.pair_key:
+                continue
+            tracker.start_pair(pair.pair_key, run_name=f"{task.person} {pair.pair_id}", tags={
+                "priors.person": task.person,
+                "priors.current.study_instance_uid": pair.current.study_instance_uid,
+                "priors.current.series_instance_uid": pair.current.series_instance_uid,
+                "priors.prior.study_instance_uid": pair.prior.study_instance_uid,
+                "priors.prior.series_instance_uid": pair.prior.series_instance_uid,
+            })
 
 
 def _run_tasks(tasks: list[PersonTask], *, settings: Settings, bundle_dir: Path,

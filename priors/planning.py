@@ -78,6 +78,7 @@ def plan_job(
     out_dir: Path,
     job_id: str,
     current_study_uid: str | None = None,
+    cross_reference: Path | None = None,
 ) -> JobPlan:
     """Ingest the sources and plan the pairs of every person found in them.
 
@@ -95,9 +96,13 @@ def plan_job(
         Identifier of this job, used in the catalog's job outcomes.
     current_study_uid
         Treat this study as current for the person who has it.
+    cross_reference
+        CSV of record pairs known to be one person (see
+        :func:`~priors.longitudinal.read_cross_reference`), or None.
     """
     people = gather_people(source_paths, settings=settings, issuers=issuers,
-                           current_study_uid=current_study_uid)
+                           current_study_uid=current_study_uid,
+                           cross_reference=cross_reference)
     catalog, linkage = people.catalog, people.linkage
     catalog.save_link_decisions(_catalog_link_rows(linkage), job_id=job_id)
     source_ids = [source.source_id for source in people.sources]
@@ -155,13 +160,19 @@ def gather_people(
     settings: Settings,
     issuers: Mapping[str, str],
     current_study_uid: str | None = None,
+    cross_reference: Path | None = None,
 ) -> People:
     """Ingest the sources, link their records, and order and select each person's studies.
+
+    ``cross_reference`` names a CSV of (issuer_a, id_a, issuer_b, id_b) rows that a
+    PIX manager or a person provides; its rows link records whatever their demographics.
 
     Raises
     ------
     FileNotFoundError
-        When a source path does not exist.
+        When a source path or the cross-reference file does not exist.
+    ValueError
+        When a cross-reference row does not have four columns.
     """
     from priors.catalog import Catalog
     from priors.longitudinal import (
@@ -169,11 +180,15 @@ def gather_people(
         build_timeline,
         link_records,
         person_studies,
+        read_cross_reference,
         select_pairs,
         summarize,
     )
     from priors.sources import open_source
 
+    if cross_reference is not None and not Path(cross_reference).is_file():
+        raise FileNotFoundError(f"cross-reference table {cross_reference} does not exist")
+    xref_rows = read_cross_reference(cross_reference) if cross_reference is not None else []
     sources = []
     for path in source_paths:
         if not path.exists():
@@ -191,7 +206,8 @@ def gather_people(
                       row.location, row.pixel_sha256) for row in rows]
     records, studies = summarize(entries)
     pseudonymizer = Pseudonymizer(load_key(settings.home, configured=settings.pseudonym_key))
-    linkage = link_records(records, pseudonymizer=pseudonymizer, studies=studies)
+    linkage = link_records(records, cross_reference=xref_rows, pseudonymizer=pseudonymizer,
+                           studies=studies)
     rules = SelectionRules.from_settings(settings.selection)
     timelines, selections = [], []
     for studies_of_person in person_studies(linkage, studies):

@@ -154,7 +154,7 @@ class ChangeModel:
             current = ndimage.zoom(current.astype(np.float32), zoom, order=1)
             prior = ndimage.zoom(prior.astype(np.float32), zoom, order=1)
 
-        inputs = stack_inputs(current, prior, self._config["preprocessing"]["hu_window"])
+        inputs = stack_inputs(current, prior, self._config["preprocessing"])
         batch = torch.from_numpy(inputs[None]).to(self.device)
         with torch.inference_mode():
             logits = self._inferer(batch, self._network)
@@ -183,7 +183,7 @@ class ChangeModel:
             "roi_size": list(self._config["roi_size"]),
             "overlap": float(self._config["overlap"]),
             "sw_batch_size": int(self._config["sw_batch_size"]),
-            "hu_window": list(self._config["preprocessing"]["hu_window"]),
+            "preprocessing": dict(self._config["preprocessing"]),
             "model_spacing_mm": list(self.spacing_mm),
             "input_spacing_mm": list(spacing),
             "resampled": resampled,

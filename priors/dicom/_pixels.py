@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pydicom
@@ -15,10 +17,12 @@ from pydicom.uid import UID
 __all__ = [
     "PixelDecodeError",
     "decode_stored",
-    "output_dtype",
     "invert_monochrome1",
+    "output_dtype",
     "pixel_sha256",
     "rescale",
+    "rescale_into",
+    "start_pixel_sha256",
 ]
 
 logger = logging.getLogger(__name__)
@@ -35,7 +39,14 @@ class PixelDecodeError(ValueError):
 def _native_stored_array(ds: Dataset) -> np.ndarray | None:
     """Return native Pixel Data as an array of the stored type, without bit corrections.
 
-    Returns None for cases the raw view does not cover (bit-packed or colour data).
+    The array is a read-only view of the Pixel Data value when it is little endian and
+    a little-endian copy otherwise. Returns None for cases the raw view does not cover
+    (bit-packed or colour data).
+
+    Raises
+    ------
+    ValueError
+        When Pixel Data is shorter than Rows x Columns x Number of Frames values.
     """
     bits_allocated = int(ds.BitsAllocated)
     if bits_allocated not in (8, 16, 32) or int(ds.get("SamplesPerPixel", 1)) != 1:
@@ -47,7 +58,37 @@ def _native_stored_array(ds: Dataset) -> np.ndarray | None:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     count = frames * int(ds.Rows) * int(ds.Columns)
     raw = np.frombuffer(ds.PixelData, dtype=dtype, count=count)
-    return raw.astype(dtype.newbyteorder("<"))
+    return raw.astype(dtype.newbyteorder("<"), copy=False)
+
+
+def _sha256_hex(data: bytes | memoryview | np.ndarray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# hashlib releases the GIL on large buffers, so one background thread hashes the pixel
+# data of an instance while the caller reads and decodes the next one.
+_hash_executor: ThreadPoolExecutor | None = None
+_hash_executor_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _hash_executor
+    with _hash_executor_lock:
+        if _hash_executor is None:
+            _hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixel-sha256")
+        return _hash_executor
+
+
+def _hash_input(ds: Dataset, decoded: np.ndarray) -> bytes | memoryview | np.ndarray:
+    """Return the bytes that pixel_sha256 covers, without copying where possible."""
+    transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
+    array = None
+    if not transfer_syntax.is_compressed:
+        array = _native_stored_array(ds)
+    if array is None:
+        array = np.ascontiguousarray(decoded)
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return np.ascontiguousarray(array)
 
 
 def pixel_sha256(ds: Dataset, decoded: np.ndarray) -> str:
@@ -57,21 +98,43 @@ def pixel_sha256(ds: Dataset, decoded: np.ndarray) -> str:
     equals the hash that ingest computes without decoding. For compressed data it covers
     the decoder's output.
     """
-    transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
-    array = None
-    if not transfer_syntax.is_compressed:
-        array = _native_stored_array(ds)
-    if array is None:
-        array = np.ascontiguousarray(decoded)
-        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    return hashlib.sha256(array.tobytes(order="C")).hexdigest()
+    return _sha256_hex(_hash_input(ds, decoded))
+
+
+def start_pixel_sha256(ds: Dataset, decoded: np.ndarray) -> Future[str]:
+    """Start pixel_sha256 on a background thread and return its future.
+
+    The bytes to hash are chosen before returning, so the caller may delete
+    (7FE0,0010) Pixel Data from the dataset straight away.
+    """
+    return _executor().submit(_sha256_hex, _hash_input(ds, decoded))
+
+
+def _decode_native(ds: Dataset, path: str) -> np.ndarray:
+    """Decode uncompressed pixel data, viewing the bytes directly when no bit fix-up applies."""
+    bits_allocated = int(ds.get("BitsAllocated", 0))
+    bits_stored = int(ds.get("BitsStored", bits_allocated))
+    if "PixelData" in ds and bits_stored == bits_allocated:
+        try:
+            array = _native_stored_array(ds)
+        except (ValueError, AttributeError) as err:
+            raise PixelDecodeError(f"{path}: native pixel data is invalid: {err}") from err
+        if array is not None:
+            return array
+    try:
+        return pixel_array(ds)
+    except (ValueError, AttributeError, NotImplementedError) as err:
+        raise PixelDecodeError(f"{path}: native pixel data is invalid: {err}") from err
 
 
 def decode_stored(ds: Dataset, path: str) -> np.ndarray:
     """Decode the stored pixel values of an instance as a (frames, rows, columns) array.
 
     Values are returned before rescale and photometric changes. For compressed transfer
-    syntaxes each pydicom decoder plugin is tried in turn.
+    syntaxes each pydicom decoder plugin is tried in turn. Uncompressed data whose
+    (0028,0101) Bits Stored equals (0028,0100) Bits Allocated is returned as a read-only
+    view of the Pixel Data bytes (or a byte-swapped copy for big endian), which is what
+    pydicom's decoder returns for it, without the copy.
 
     Raises
     ------
@@ -91,10 +154,7 @@ def decode_stored(ds: Dataset, path: str) -> np.ndarray:
     if transfer_syntax.is_compressed:
         array = _decode_with_plugins(ds, path, transfer_syntax)
     else:
-        try:
-            array = pixel_array(ds)
-        except (ValueError, AttributeError, NotImplementedError) as err:
-            raise PixelDecodeError(f"{path}: native pixel data is invalid: {err}") from err
+        array = _decode_native(ds, path)
     return array.reshape(-1, int(ds.Rows), int(ds.Columns))
 
 
@@ -174,7 +234,36 @@ def invert_monochrome1(stored: np.ndarray, *, bits_stored: int) -> np.ndarray:
 
 def rescale(values: np.ndarray, *, slope: float, intercept: float, dtype: np.dtype) -> np.ndarray:
     """Apply (0028,1053) Rescale Slope and (0028,1052) Rescale Intercept to one slice."""
+    output = np.empty(values.shape, dtype=dtype)
+    rescale_into(output, values, slope=slope, intercept=intercept)
+    return output
+
+
+def rescale_into(
+    output: np.ndarray, values: np.ndarray, *, slope: float, intercept: float
+) -> None:
+    """Write rescaled values into output, rounding to its dtype when that is an integer.
+
+    The caller picks an output dtype that holds every exact result (see output_dtype).
+    With an integral slope and intercept and an integer output, the arithmetic stays in
+    integers and gives the same values as rounding the float result.
+    """
+    if output.dtype.kind in "iu" and _is_integral(slope) and _is_integral(intercept):
+        whole_slope, whole_intercept = round(slope), round(intercept)
+        info = np.iinfo(output.dtype)
+        if info.min <= min(whole_slope, whole_intercept) <= max(whole_slope, whole_intercept) <= (
+            info.max
+        ):
+            # Integer loops wrap modulo 2**bits and are never narrower than the output, so
+            # the wrapped result cast to the output equals the exact one whenever it fits.
+            scalar = output.dtype.type
+            if whole_slope == 1:
+                np.add(values, scalar(whole_intercept), out=output, casting="unsafe")
+                return
+            np.multiply(values, scalar(whole_slope), out=output, casting="unsafe")
+            np.add(output, scalar(whole_intercept), out=output, casting="unsafe")
+            return
     result = values.astype(np.float64) * slope + intercept
-    if dtype.kind in "iu":
-        return np.rint(result).astype(dtype)
-    return result.astype(dtype)
+    if output.dtype.kind in "iu":
+        np.rint(result, out=result)
+    output[...] = result

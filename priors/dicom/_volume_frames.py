@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -41,14 +42,15 @@ class Instance:
     path: str
     dataset: Dataset
     _stored: np.ndarray | None = field(default=None, repr=False)
-    _sha256: str | None = field(default=None, repr=False)
+    _sha256: Future[str] | None = field(default=None, repr=False)
 
     def stored(self) -> np.ndarray:
         """Return the stored values as a (frames, rows, columns) array."""
         if self._stored is None:
             self._stored = _pixels.decode_stored(self.dataset, self.path)
-            # Hash now, so the encoded Pixel Data can be released to halve memory use.
-            self._sha256 = _pixels.pixel_sha256(self.dataset, self._stored)
+            # Start hashing now so that the encoded Pixel Data can leave the dataset:
+            # compressed data is then held once, decoded; native data is viewed, not copied.
+            self._sha256 = _pixels.start_pixel_sha256(self.dataset, self._stored)
             del self.dataset.PixelData
         return self._stored
 
@@ -57,7 +59,7 @@ class Instance:
         if self._sha256 is None:
             self.stored()
         assert self._sha256 is not None
-        return self._sha256
+        return self._sha256.result()
 
 
 @dataclass(eq=False)

@@ -161,12 +161,10 @@ def _rescaled_array(frames: Sequence[Frame], decisions: list[str]) -> np.ndarray
     if dtype == np.float32:
         decisions.append("output is float32 because a rescale is not integral or exceeds 16 bits")
 
-    return np.stack(
-        [
-            _pixels.rescale(s, slope=slope, intercept=intercept, dtype=dtype)
-            for s, (slope, intercept) in zip(slices, rescales, strict=True)
-        ]
-    )
+    output = np.empty((len(slices),) + slices[0].shape, dtype=dtype)
+    for index, (stored, (slope, intercept)) in enumerate(zip(slices, rescales, strict=True)):
+        _pixels.rescale_into(output[index], stored, slope=slope, intercept=intercept)
+    return output
 
 
 def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -116,10 +116,31 @@ def _compare_form(a: NameForm, b: NameForm) -> str:
         return "one_char"
     if _edit_distance_at_most_one(" ".join(a.tokens), " ".join(b.tokens)):
         return "one_char"
-    if a.family_known and b.family_known and len(a.tokens) >= 2 and len(b.tokens) >= 2:
-        if a.tokens[0] != b.tokens[0] and a.tokens[1:] == b.tokens[1:]:
-            return "family_changed"
+    if _family_changed(a, b):
+        return "family_changed"
     return "different"
+
+
+def _family_changed(a: NameForm, b: NameForm) -> bool:
+    """Return True when some reading of each name differs only in the family name.
+
+    The given names must be equal; middle names may be equal or present on one side
+    only, since sites drop them. Free text is ambiguous: "anna doe" and "rosa doe" read
+    either as one given name with two family names or as sisters. When some reading
+    gives both names one family name and different given names, the answer is False,
+    so that siblings and twins are never taken for a marriage.
+    """
+    for family_a, given_a, _ in _readings(a):
+        for family_b, given_b, _ in _readings(b):
+            if family_a == family_b and given_a != given_b:
+                return False
+    for family_a, given_a, middle_a in _readings(a):
+        for family_b, given_b, middle_b in _readings(b):
+            if given_a != given_b or family_a == family_b:
+                continue
+            if _is_sub_multiset(middle_a, middle_b) or _is_sub_multiset(middle_b, middle_a):
+                return True
+    return False
 
 
 def _readings(form: NameForm) -> list[tuple[str, str, tuple[str, ...]]]:

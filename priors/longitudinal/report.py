@@ -13,6 +13,7 @@ from typing import Any
 from priors.longitudinal.linkage import Linkage
 from priors.longitudinal.selection import PairChoice, Selection
 from priors.longitudinal.timeline import TimelineStudy
+from priors.longitudinal.types import SeriesInfo
 from priors.pseudonym import Pseudonymizer
 
 __all__ = ["explain_text", "render_timeline_table", "timeline_json"]
@@ -113,6 +114,16 @@ def timeline_json(
                     for p in (selection.priors if selection else [])
                 ],
                 "pairs": [_pair_json(p, selection) for p in selection.pairs] if selection else [],
+                "selection_decisions": [
+                    {
+                        "subject": d.subject,
+                        "uid": d.uid,
+                        "verdict": d.verdict,
+                        "reason": d.reason,
+                        "values": dict(d.values),
+                    }
+                    for d in (selection.decisions if selection else [])
+                ],
             }
         )
     return {"persons": persons}
@@ -152,26 +163,20 @@ def _study_json(study: TimelineStudy) -> dict[str, Any]:
 def _pair_json(pair: PairChoice, selection: Selection) -> dict[str, Any]:
     assert selection.current is not None
 
-    def side(study: TimelineStudy, series_uid: str, description: str) -> dict[str, Any]:
+    def side(study: TimelineStudy, series: SeriesInfo) -> dict[str, Any]:
         return {
             "study_date": _date(study),
             "study_instance_uid": study.study_instance_uid,
-            "series_instance_uid": series_uid,
-            "series_description": description,
+            "series_instance_uid": series.series_instance_uid,
+            "series_number": series.series_number,
+            "series_description": series.series_description,
         }
 
     return {
-        "current": side(
-            selection.current,
-            pair.current_series.series_instance_uid,
-            pair.current_series.series_description,
-        ),
-        "prior": side(
-            pair.prior_study,
-            pair.prior_series.series_instance_uid,
-            pair.prior_series.series_description,
-        ),
+        "current": side(selection.current, pair.current_series),
+        "prior": side(pair.prior_study, pair.prior_series),
         "reasons": list(pair.reasons),
+        "values": dict(pair.values),
         "change_candidate": pair.change_candidate,
     }
 
@@ -204,26 +209,49 @@ def render_timeline_table(studies: Sequence[TimelineStudy]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def explain_text(linkage: Linkage, selections: Sequence[Selection | None]) -> str:
+def explain_text(
+    linkage: Linkage,
+    selections: Sequence[Selection | None],
+    *,
+    persons: Sequence[int] | None = None,
+) -> str:
     """Write every link decision, conflict and selection decision as plain text.
 
     Records are named by their position in ``linkage.records`` and their issuer, never
-    by Patient ID.
+    by Patient ID; persons by their pseudonym when it is set.
+
+    Parameters
+    ----------
+    linkage
+        The result of :func:`~priors.longitudinal.link_records`.
+    selections
+        One entry per person, in the order of ``linkage.persons``.
+    persons
+        Indices into ``linkage.persons`` to explain; all when None. Link decisions
+        and conflicts are kept when they touch a record of one of these persons.
     """
+    wanted = range(len(linkage.persons)) if persons is None else persons
+    mine = {i for index in wanted for i in linkage.persons[index].record_indices}
     lines = ["Identity linkage"]
     for decision in linkage.decisions:
         i, j = decision.records
+        if i not in mine and j not in mine:
+            continue
         lines.append(
             f"  records {i} ({linkage.records[i].issuer}) and {j} ({linkage.records[j].issuer}): "
             f"{decision.decision} by {decision.source}, score {decision.score:.2f}; "
             + "; ".join(decision.evidence)
         )
     for conflict in linkage.conflicts:
+        if not set(conflict.records) & mine:
+            continue
         lines.append(
             f"  conflict {conflict.kind} on records {list(conflict.records)}: {conflict.detail}"
         )
-    for index, selection in enumerate(selections):
-        lines.append(f"Person {index}: selection")
+    for index in wanted:
+        person = linkage.persons[index]
+        selection = selections[index] if index < len(selections) else None
+        lines.append(f"Person {person.pseudonym or index}: selection")
         if selection is None:
             lines.append("  not selected")
             continue

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from priors.provenance.digests import file_sha256, series_digest
 
-__all__ = ["AuditReport", "verify_record"]
+__all__ = [
+    "CHANGED",
+    "MISSING",
+    "UNCHANGED",
+    "AuditReport",
+    "InstanceCheck",
+    "PixelFetcher",
+    "location_sha256",
+    "verify_instances",
+    "verify_record",
+    "volume_digest_problems",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +102,21 @@ def verify_record(record: Mapping[str, Any], *, package_dir: Path | None = None)
     return report
 
 
+def volume_digest_problems(record: Mapping[str, Any]) -> list[str]:
+    """Check that each volume's digest follows from the ``pixel_sha256`` of its instances.
+
+    A match shows that the record lists every instance behind the volume.
+
+    Returns
+    -------
+    list of str
+        One message per volume whose digest does not follow; empty when all do.
+    """
+    report = AuditReport()
+    _check_volume_digests(record, report)
+    return report.problems
+
+
 def _check_volume_digests(record: Mapping[str, Any], report: AuditReport) -> None:
     for volume in record["volumes"]:
         uid = volume["series_instance_uid"]
@@ -112,3 +138,152 @@ def _check_volume_digests(record: Mapping[str, Any], report: AuditReport) -> Non
                 f"{volume['role']} volume of series {uid}: digest of its instances is "
                 f"{found}, expected {volume['digest']}"
             )
+
+
+# Instance checks of ``priors audit verify`` ------------------------------------
+
+UNCHANGED = "unchanged"
+CHANGED = "changed"
+MISSING = "missing"
+
+# Separates a ZIP archive from a member name in an instance location, as the
+# archive reader of ``priors.sources`` writes it: ``/data/site.zip!DICOM/IM1``.
+ZIP_MEMBER_SEPARATOR = "!"
+
+PixelFetcher = Callable[[Mapping[str, Any]], "str | None"]
+
+
+@dataclass(frozen=True)
+class InstanceCheck:
+    """Outcome of re-reading one instance named in a provenance record.
+
+    Attributes
+    ----------
+    role
+        ``"current"`` or ``"prior"``.
+    sop_instance_uid, location
+        The instance and where it was read when the job ran.
+    status
+        ``"unchanged"``, ``"changed"`` or ``"missing"``.
+    detail
+        The hash compared and the values found and expected, or why it is missing.
+    """
+
+    role: str
+    sop_instance_uid: str
+    location: str
+    status: str
+    detail: str
+
+
+def verify_instances(
+    record: Mapping[str, Any], *, fetch_pixel_sha256: PixelFetcher | None = None
+) -> list[InstanceCheck]:
+    """Re-read every instance of a provenance record from its recorded location.
+
+    An instance whose file is still there is ``unchanged`` when its SHA-256 equals
+    the recorded ``file_sha256`` and ``changed`` otherwise. When the file is gone,
+    ``fetch_pixel_sha256`` (when given) fetches the instance through its source and
+    returns the SHA-256 of its decoded pixel data, or ``None`` when the source
+    cannot provide it; that value is compared with ``pixel_sha256``. An instance
+    neither read nor fetched is ``missing``.
+
+    Parameters
+    ----------
+    record
+        A loaded ``provenance.json``.
+    fetch_pixel_sha256
+        Called with the instance entry of the record. Folder and media sources
+        have no copy apart from the file itself, so callers pass ``None`` for them.
+
+    Returns
+    -------
+    list of InstanceCheck
+        One per instance entry, current instances first.
+    """
+    checks = []
+    for role, instances in record["instances"].items():
+        for instance in instances:
+            checks.append(_check_instance(role, instance, fetch_pixel_sha256))
+    counts = {status: 0 for status in (UNCHANGED, CHANGED, MISSING)}
+    for check in checks:
+        counts[check.status] += 1
+    logger.info(
+        "re-read %d instances of job %s: %d unchanged, %d changed, %d missing",
+        len(checks),
+        record.get("job_id"),
+        counts[UNCHANGED],
+        counts[CHANGED],
+        counts[MISSING],
+    )
+    return checks
+
+
+def location_sha256(location: str) -> str | None:
+    """Return the SHA-256 of the bytes at an instance location, or None when gone.
+
+    A location is a file path, or ``<archive>.zip!<member>`` for a ZIP member.
+    URLs are not read here and return None.
+
+    Raises
+    ------
+    OSError
+        When the file exists but cannot be read (permissions, I/O error).
+    """
+    if "://" in location:
+        return None
+    path = Path(location)
+    if path.is_file():
+        return file_sha256(path)
+    archive, separator, member = location.partition(ZIP_MEMBER_SEPARATOR)
+    if separator and Path(archive).is_file():
+        return _zip_member_sha256(Path(archive), member)
+    return None
+
+
+def _check_instance(
+    role: str, instance: Mapping[str, Any], fetch_pixel_sha256: PixelFetcher | None
+) -> InstanceCheck:
+    uid = instance["sop_instance_uid"]
+    location = instance["location"]
+
+    def result(status: str, detail: str) -> InstanceCheck:
+        return InstanceCheck(role, uid, location, status, detail)
+
+    try:
+        found = location_sha256(location)
+    except OSError as err:
+        return result(MISSING, f"cannot be read: {err}")
+    expected = instance["file_sha256"]
+    if found is not None:
+        if found == expected:
+            return result(UNCHANGED, f"file_sha256 {found}")
+        return result(CHANGED, f"file_sha256 is {found}, expected {expected}")
+
+    if fetch_pixel_sha256 is None:
+        return result(MISSING, "file not found at its recorded location")
+    fetched = fetch_pixel_sha256(instance)
+    if fetched is None:
+        return result(MISSING, "file not found, and its source cannot fetch the instance")
+    expected_pixels = instance.get("pixel_sha256")
+    if fetched == expected_pixels:
+        return result(UNCHANGED, f"file gone; fetched pixel_sha256 {fetched} matches")
+    return result(
+        CHANGED, f"file gone; fetched pixel_sha256 is {fetched}, expected {expected_pixels}"
+    )
+
+
+def _zip_member_sha256(archive: Path, member: str) -> str | None:
+    import hashlib
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as bundle, bundle.open(member) as stream:
+            digest = hashlib.sha256()
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+            return digest.hexdigest()
+    except KeyError:
+        return None
+    except zipfile.BadZipFile as err:
+        raise OSError(f"{archive}: not a readable ZIP archive ({err})") from err

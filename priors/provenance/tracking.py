@@ -7,7 +7,9 @@ Layout in the MLflow store:
   artifacts;
 - each pair is a child run (``mlflow.parentRunId``) tagged ``priors.kind=pair``
   and ``priors.pair_key``, with its inputs logged as datasets whose digest is the
-  first 32 hexadecimal characters of the series digest;
+  first 32 hexadecimal characters of the series digest, and a ``lineage.json``
+  artifact listing its instances and the SHA-256 of every artifact
+  (``priors.provenance.lineage``);
 - a change model without a version in the store gets a ``model import`` run and a
   registered model version tagged with its weights SHA-256.
 
@@ -41,6 +43,7 @@ from priors.provenance._mlflow_params import (
 )
 from priors.provenance._processes import process_exists, process_start_ticks
 from priors.provenance.digests import file_sha256, jsonable, mlflow_digest
+from priors.provenance.lineage import LINEAGE_ARTIFACT, build_lineage_index
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -71,6 +74,7 @@ TAG_HOST = "priors.host"
 TAG_PID = "priors.pid"
 TAG_PID_START = "priors.pid_start_ticks"
 TAG_HEARTBEAT = "priors.heartbeat_unix"
+TAG_INSTANCE_COUNT = "priors.instance_count"
 TAG_WEIGHTS_SHA256 = "weights_sha256"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"
 CONTEXT_TAG = "mlflow.data.context"
@@ -205,6 +209,8 @@ class JobTracker:
         self._skipped: list[dict[str, str]] = []
         self._last_heartbeat = 0.0
         self._job_alive_cache: dict[str, bool] = {}
+        # Seconds spent in MLflow calls per pair key (start_pair and log_pair).
+        self.logging_seconds: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return (
@@ -350,8 +356,10 @@ class JobTracker:
         self._require_started()
         if pair_key in self._started_pairs:
             return self._started_pairs[pair_key]
+        clock = time.perf_counter()
         run_id = self._create_pair_run(pair_key, run_name=run_name, tags=tags or {})
         self._started_pairs[pair_key] = run_id
+        self._add_logging_time(pair_key, time.perf_counter() - clock)
         return run_id
 
     def log_pair(self, pair: PairLog) -> str:
@@ -367,6 +375,13 @@ class JobTracker:
             The child run id.
         """
         self._require_started()
+        clock = time.perf_counter()
+        try:
+            return self._log_pair(pair)
+        finally:
+            self._add_logging_time(pair.pair_key, time.perf_counter() - clock)
+
+    def _log_pair(self, pair: PairLog) -> str:
         existing = self._finished_run_of(pair.pair_key)
         if existing is not None:
             logger.warning(
@@ -469,6 +484,9 @@ class JobTracker:
 
     # Helpers -----------------------------------------------------------------
 
+    def _add_logging_time(self, pair_key: str, seconds: float) -> None:
+        self.logging_seconds[pair_key] = self.logging_seconds.get(pair_key, 0.0) + seconds
+
     def _require_started(self) -> None:
         if not self.parent_run_id:
             raise RuntimeError("JobTracker used outside its 'with' block: no job run started")
@@ -515,12 +533,25 @@ class JobTracker:
 
         if pair.artifacts_dir is not None and Path(pair.artifacts_dir).is_dir():
             self._client.log_artifacts(run_id, str(pair.artifacts_dir))
+            self._log_lineage_index(run_id, Path(pair.artifacts_dir))
         elif pair.artifacts_dir is not None:
             logger.warning(
                 "pair %s: artifact folder %s not found; no artifacts logged",
                 pair.pair_key,
                 pair.artifacts_dir,
             )
+
+    def _log_lineage_index(self, run_id: str, artifacts_dir: Path) -> None:
+        # One artifact, not one parameter per instance: MLflow takes 100 parameters
+        # per batch, and a series can have thousands of instances.
+        index = build_lineage_index(artifacts_dir)
+        if index is None:
+            logger.warning(
+                "run %s: no provenance.json in %s, so no lineage index", run_id, artifacts_dir
+            )
+            return
+        self._client.log_dict(run_id, index, LINEAGE_ARTIFACT)
+        self._client.set_tag(run_id, TAG_INSTANCE_COUNT, str(len(index["instances"])))
 
     def _finished_run_of(self, pair_key: str) -> str | None:
         query = (

@@ -53,6 +53,9 @@ LEARNING_RATE_VOXELS = 2.0
 MIN_STEP_MM = 1e-3
 RELAXATION_FACTOR = 0.9
 
+# S-I offsets of the in-plane search: -105 to +105 mm in 17.5 mm steps.
+SLAB_SI_OFFSETS_MM = tuple(17.5 * step for step in range(-6, 7))
+
 # CT body threshold: above air and lung (-900 to -500 HU), below fat (-100 HU).
 CT_BODY_THRESHOLD_HU = -400.0
 
@@ -103,6 +106,25 @@ class RegistrationOptions:
     # default: with it, moving the bodies apart removes the samples that disagree,
     # and mutual information of the remaining samples can rise as overlap falls.
     use_prior_mask: bool = False
+    # In-plane start search for thin slabs (``slab``): "auto" runs it when both
+    # volumes are slabs with nearly the same slice normal and no initial transform
+    # is given, "on" whenever no initial transform is given, "off" never.
+    slab_search: str = "auto"
+    # S-I offsets (mm) of the 2-D starts, added to the geometry-centre start: steps
+    # of about half a lumbar level (30 to 35 mm) over three levels either way.
+    slab_si_offsets_mm: tuple[float, ...] = SLAB_SI_OFFSETS_MM
+    # The 3-D refinement after the in-plane search runs on this many of the finest
+    # pyramid levels, with this first step (voxels of the level) and iterations.
+    slab_refine_levels: int = 2
+    slab_refine_learning_rate: float = 0.25
+    slab_refine_iterations: int = 30
+    # The refinement may move the body centroid at most this far (mm) and turn at
+    # most this much (degrees) from the in-plane start; beyond, the start is kept.
+    slab_max_drift_mm: float = 10.0
+    slab_max_drift_deg: float = 5.0
+    # Two plane candidates a vertebral level apart are ambiguous only when their
+    # Mattes scores are within ``ambiguity_margin`` and their plane NCC within this.
+    slab_ambiguity_ncc: float = 0.03
 
     def as_dict(self) -> dict[str, object]:
         """Return the options as plain JSON-ready values."""

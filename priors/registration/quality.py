@@ -10,6 +10,7 @@ from priors.registration.presets import RegistrationOptions
 __all__ = [
     "QUALITY_BINS",
     "judge",
+    "level_shift_ncc",
     "overlap_fraction",
     "similarity_in_overlap",
 ]
@@ -103,6 +104,39 @@ def similarity_in_overlap(
     }
 
 
+def level_shift_ncc(
+    current: sitk.Image,
+    prior: sitk.Image,
+    current_mask: sitk.Image,
+    prior_mask: sitk.Image,
+    transform: sitk.Transform,
+    vertebral_level_mm: tuple[float, float],
+) -> dict[str, float | None]:
+    """Compute the NCC in the overlap with the registered prior moved one level along S-I.
+
+    The shift is the middle of ``vertebral_level_mm`` (35 mm for 20 to 50 mm), up
+    and down. A registration that locked onto the right level correlates better
+    than both shifted copies; one a level off correlates better with one of them.
+
+    Returns
+    -------
+    dict
+        ``level_shift_mm`` and ``ncc_in_overlap_level_up`` / ``_level_down`` (None
+        when the shifted copies overlap too little).
+    """
+    shift = sum(vertebral_level_mm) / 2.0
+    figures: dict[str, float | None] = {"level_shift_mm": shift}
+    for name, sign in (("up", 1.0), ("down", -1.0)):
+        # The registered prior moved by d samples the prior at T(p - d); LPS z is superior.
+        moved = sitk.CompositeTransform(
+            [transform, sitk.TranslationTransform(3, (0.0, 0.0, -sign * shift))]
+        )
+        ncc = similarity_in_overlap(current, prior, current_mask, prior_mask, moved)
+        value = ncc["ncc_in_overlap"]
+        figures[f"ncc_in_overlap_level_{name}"] = float(value) if np.isfinite(value) else None
+    return figures
+
+
 def judge(metrics: dict, options: RegistrationOptions) -> tuple[str, str]:
     """Return the verdict ("pass" or "fail") and the reasons for a failure.
 
@@ -124,6 +158,13 @@ def judge(metrics: dict, options: RegistrationOptions) -> tuple[str, str]:
         reasons.append(
             f"normalised MI in the overlap is {nmi:.3f}, below the minimum {options.min_nmi}"
         )
+    for name in ("up", "down"):
+        shifted = metrics.get(f"ncc_in_overlap_level_{name}")
+        if shifted is not None and np.isfinite(shifted) and not ncc > shifted:
+            reasons.append(
+                f"NCC in the overlap is {ncc:.3f}, not above {shifted:.3f} with the prior moved "
+                f"{metrics['level_shift_mm']:.0f} mm {name}: the result may be a level off"
+            )
     before, after = metrics.get("metric_before"), metrics.get("metric_after")
     if before is not None and after is not None:
         # Both ITK metrics are minimised and negative when images agree.

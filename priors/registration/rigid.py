@@ -23,10 +23,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from priors.config import RegistrationSettings
-from priors.registration import _levels
+from priors.registration import _levels, slab
 from priors.registration.masks import body_mask, metric_mask
 from priors.registration.presets import RegistrationOptions, preset
-from priors.registration.quality import judge, overlap_fraction, similarity_in_overlap
+from priors.registration.quality import (
+    judge,
+    level_shift_ncc,
+    overlap_fraction,
+    similarity_in_overlap,
+)
 from priors.registration.result import RegistrationResult, transform_matrix_lps
 
 __all__ = ["RegistrationError", "inverse_consistency_mm", "register"]
@@ -40,6 +45,12 @@ MAX_INVERSE_CONSISTENCY_MM = 1.0
 # A start whose bodies overlap less than this is not optimised: ITK's correlation
 # metric then only warns and returns a meaningless value.
 MIN_START_OVERLAP_FRACTION = 0.01
+
+# The offset along the slice normal after the in-plane search is chosen among steps
+# of 2 mm up to 12 mm either way: about half to two and a half slices of the spine
+# series, and more than the few mm by which their centres disagree left-right.
+NORMAL_SCAN_STEP_MM = 2.0
+NORMAL_SCAN_RANGE_MM = 12.0
 
 # Tolerance when reading a rotation matrix back from a caller's transform. The
 # matrix is rebuilt from transformed points in double precision, so rounding stays
@@ -309,6 +320,26 @@ def register(
         pyramids = (_levels.build_pyramid(current, options), _levels.build_pyramid(prior, options))
         timings["pyramids"] = time.perf_counter() - stage
 
+        slab_decision = _slab_decision(current, prior, options, initial_transform)
+        if slab_decision["run"]:
+            candidates, ambiguity, slab_info = _slab_stage(
+                current, prior, pyramids, options, masks, center, timings
+            )
+            result = _finish(
+                current,
+                prior,
+                pyramids,
+                candidates,
+                options,
+                masks,
+                timings,
+                ambiguity=ambiguity,
+            )
+            result.parameters["slab_search"] = slab_decision | slab_info
+            timings["total"] = time.perf_counter() - began
+            _log_result(options, result, timings, candidates)
+            return result
+
         stage = time.perf_counter()
         if initial_transform is not None:
             bases = [("given", _euler_from(initial_transform, center))]
@@ -326,7 +357,15 @@ def register(
         timings["rigid"] = time.perf_counter() - stage
 
         result = _finish(current, prior, pyramids, candidates, options, masks, timings)
+        result.parameters["slab_search"] = slab_decision
         timings["total"] = time.perf_counter() - began
+    _log_result(options, result, timings, candidates)
+    return result
+
+
+def _log_result(
+    options: RegistrationOptions, result: RegistrationResult, timings: dict, candidates: list
+) -> None:
     logger.info(
         "registered %s pair: %s%s in %.1f s over %d starts",
         options.modality_pair,
@@ -335,7 +374,207 @@ def register(
         timings["total"],
         len(candidates),
     )
-    return result
+
+
+def _slab_decision(
+    current: sitk.Image,
+    prior: sitk.Image,
+    options: RegistrationOptions,
+    initial_transform: sitk.Transform | None,
+) -> dict:
+    """Decide whether the in-plane start search runs, and record why."""
+    decision: dict = {
+        "mode": options.slab_search,
+        "current_slab_ratio": slab.slab_ratio(current),
+        "prior_slab_ratio": slab.slab_ratio(prior),
+        "normal_angle_deg": slab.normal_angle_deg(current, prior),
+        "max_slab_ratio": slab.MAX_SLAB_RATIO,
+        "max_normal_angle_deg": slab.MAX_NORMAL_ANGLE_DEG,
+    }
+    if options.slab_search not in {"auto", "on", "off"}:
+        raise ValueError(
+            f"slab_search {options.slab_search!r} is not supported, expected 'auto', 'on' or 'off'"
+        )
+    if initial_transform is not None:
+        return decision | {"run": False, "why": "an initial transform was given"}
+    if options.slab_search == "off":
+        return decision | {"run": False, "why": "switched off"}
+    if options.slab_search == "on":
+        return decision | {"run": True, "why": "switched on"}
+    if not slab.contains_si(current):
+        return decision | {"run": False, "why": "S-I runs along the slice normal (axial slab)"}
+    if slab.are_parallel_slabs(current, prior):
+        return decision | {"run": True, "why": "both volumes are slabs of the same orientation"}
+    return decision | {"run": False, "why": "not two slabs of the same orientation"}
+
+
+def _slab_stage(
+    current: sitk.Image,
+    prior: sitk.Image,
+    pyramids: tuple[list, list],
+    options: RegistrationOptions,
+    masks: _Masks,
+    center: tuple[float, ...],
+    timings: dict[str, float],
+) -> tuple[list[dict], str, dict]:
+    """Search the start on the central plane, then refine it in 3-D at the finest levels.
+
+    Returns the candidates (plane ones, then the 3-D refinement), the ambiguity
+    description (empty when none) and what the stage decided.
+    """
+    stage = time.perf_counter()
+    search = slab.search_in_plane(
+        current,
+        prior,
+        offsets_mm=options.slab_si_offsets_mm,
+        seed=options.seed,
+        threads=options.threads,
+    )
+    timings["plane_search"] = time.perf_counter() - stage
+    ambiguity = _plane_ambiguity(search.candidates, search.best, options)
+
+    stage = time.perf_counter()
+    start, normal_scan = _scan_normal(
+        _euler_from(search.transform, center), current, pyramids, options, masks
+    )
+    levels = max(1, min(options.slab_refine_levels, len(options.shrink_factors)))
+    refine_options = dataclasses.replace(
+        options,
+        shrink_factors=options.shrink_factors[-levels:],
+        smoothing_sigmas_mm=options.smoothing_sigmas_mm[-levels:],
+        learning_rate=options.slab_refine_learning_rate,
+        iterations=options.slab_refine_iterations,
+    )
+    refine_pyramids = (pyramids[0][-levels:], pyramids[1][-levels:])
+    record = _run_starts(refine_pyramids, [("plane", 0.0, start)], refine_options, masks, center)[0]
+    record["stage"] = "refine"
+    info: dict = {"plane": search.parameters, "plane_best": search.best, "normal_scan": normal_scan}
+    info["refine"] = {
+        "levels": levels,
+        "learning_rate_voxels": options.slab_refine_learning_rate,
+        "iterations": options.slab_refine_iterations,
+        "max_drift_mm": options.slab_max_drift_mm,
+        "max_drift_deg": options.slab_max_drift_deg,
+    }
+    if record["status"] == "converged":
+        drift_mm, drift_deg = _drift(start, record["transform"], center)
+        info["refine"] |= {"drift_mm": drift_mm, "drift_deg": drift_deg}
+        start_metric = _levels.evaluate(
+            pyramids[0][-1].image,
+            pyramids[1][-1].image,
+            start,
+            options,
+            fixed_mask=masks.metric_fixed,
+            moving_mask=masks.metric_moving,
+        )
+        info["refine"] |= {"metric_at_start": start_metric, "metric_refined": record["metric"]}
+        too_far = drift_mm > options.slab_max_drift_mm or drift_deg > options.slab_max_drift_deg
+        if too_far or record["metric"] > start_metric:
+            # Keep the start: the refinement walked off along the slab or scored worse.
+            why = "drift above the limit" if too_far else "refined metric worse"
+            info["refine"]["kept"] = f"start ({why})"
+            record["transform"] = start
+            record["parameters"] = list(start.GetParameters())
+            record["si_position_mm"] = _si_position(start, center)
+            record["metric"] = _levels.evaluate(
+                pyramids[0][-1].image,
+                pyramids[1][-1].image,
+                start,
+                options,
+                fixed_mask=masks.metric_fixed,
+                moving_mask=masks.metric_moving,
+            )
+            logger.info(
+                "3-D refinement moved %.1f mm / %.1f deg, metric %.4f against %.4f at the "
+                "start; kept the start (%s)",
+                drift_mm,
+                drift_deg,
+                record["metric"],
+                start_metric,
+                why,
+            )
+        else:
+            info["refine"]["kept"] = "refined"
+    timings["rigid"] = time.perf_counter() - stage
+    return [*search.candidates, record], ambiguity, info
+
+
+def _scan_normal(
+    start: sitk.Euler3DTransform,
+    current: sitk.Image,
+    pyramids: tuple[list, list],
+    options: RegistrationOptions,
+    masks: _Masks,
+) -> tuple[sitk.Euler3DTransform, dict]:
+    """Move ``start`` along the current's slice normal to where the 3-D metric is best.
+
+    The in-plane search cannot see an offset along the normal (left-right for a
+    sagittal series); it centres the two slabs on each other. This scan tries
+    offsets of ``NORMAL_SCAN_STEP_MM`` up to ``NORMAL_SCAN_RANGE_MM`` either way.
+    """
+    normal = np.asarray(current.GetDirection()).reshape(3, 3)[:, 2]
+    steps = int(round(NORMAL_SCAN_RANGE_MM / NORMAL_SCAN_STEP_MM))
+    scores = {}
+    for step in range(-steps, steps + 1):
+        offset = step * NORMAL_SCAN_STEP_MM
+        moved = sitk.Euler3DTransform(start)
+        moved.SetTranslation(tuple(np.add(start.GetTranslation(), normal * offset)))
+        try:
+            scores[offset] = _levels.evaluate(
+                pyramids[0][-1].image,
+                pyramids[1][-1].image,
+                moved,
+                options,
+                fixed_mask=masks.metric_fixed,
+                moving_mask=masks.metric_moving,
+            )
+        except _levels.OverlapError:
+            continue
+    best = min(scores, key=scores.get) if scores else 0.0
+    chosen = sitk.Euler3DTransform(start)
+    chosen.SetTranslation(tuple(np.add(start.GetTranslation(), normal * best)))
+    return chosen, {
+        "offset_mm": best,
+        "metric_per_offset": {f"{k:+.0f}": v for k, v in scores.items()},
+    }
+
+
+def _drift(
+    start: sitk.Euler3DTransform, end: sitk.Euler3DTransform, center: tuple[float, ...]
+) -> tuple[float, float]:
+    """Return how far ``end`` moves the point ``center`` from ``start`` (mm) and turns (deg)."""
+    moved = np.subtract(end.TransformPoint(center), start.TransformPoint(center))
+    relative = (
+        np.asarray(end.GetMatrix()).reshape(3, 3) @ np.asarray(start.GetMatrix()).reshape(3, 3).T
+    )
+    cosine = np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0)
+    return float(np.linalg.norm(moved)), float(np.degrees(np.arccos(cosine)))
+
+
+def _plane_ambiguity(candidates: list[dict], best: int, options: RegistrationOptions) -> str:
+    """Describe a plane candidate about one level from the best that scores as well."""
+    low, high = options.vertebral_level_mm
+    chosen = candidates[best]
+    for other in candidates:
+        if other is chosen or other["status"] != "converged" or other["plane_metric"] is None:
+            continue
+        if other["plane_overlap_fraction"] < slab.MIN_PLANE_OVERLAP_FRACTION:
+            continue
+        distance = abs(other["si_shift_mm"] - chosen["si_shift_mm"])
+        margin = abs(other["plane_metric"] - chosen["plane_metric"])
+        ncc_gap = (chosen["plane_ncc"] or 0.0) - (other["plane_ncc"] or 0.0)
+        if (
+            low <= distance <= high
+            and margin <= options.ambiguity_margin * abs(chosen["plane_metric"])
+            and ncc_gap <= options.slab_ambiguity_ncc
+        ):
+            return (
+                f"plane start at {other['offset_mm']:+.1f} mm ({other['initialisation']}) ended "
+                f"{distance:.1f} mm along S-I from the best with a Mattes score within "
+                f"{margin / abs(chosen['plane_metric']):.1%} and a plane NCC gap of "
+                f"{ncc_gap:.3f}"
+            )
+    return ""
 
 
 def _finish(
@@ -346,14 +585,20 @@ def _finish(
     options: RegistrationOptions,
     masks: _Masks,
     timings: dict[str, float],
+    *,
+    ambiguity: str | None = None,
 ) -> RegistrationResult:
-    converged = [c for c in candidates if c["status"] == "converged"]
+    # Plane candidates of the slab search carry 2-D scores, not the 3-D metric.
+    converged = [c for c in candidates if c["status"] == "converged" and c.get("stage") != "plane"]
     parameters = _parameters(options, pyramids)
     metrics: dict = {"metric": options.metric, "stages": ["rigid"]}
     finest = (pyramids[0][-1].image, pyramids[1][-1].image)
 
     if not converged:
-        first = max(candidates, key=lambda c: c["overlap_fraction_at_start"])
+        first = max(
+            (c for c in candidates if "overlap_fraction_at_start" in c),
+            key=lambda c: c["overlap_fraction_at_start"],
+        )
         start, overlap = first["transform"], first["overlap_fraction_at_start"]
         metrics |= {"overlap_fraction": overlap, "overlap_fraction_at_start": overlap}
         reason = (
@@ -397,7 +642,12 @@ def _finish(
     )
     metrics["overlap_fraction"] = overlap_fraction(masks.current, masks.prior, transform)
     metrics |= similarity_in_overlap(current, prior, masks.current, masks.prior, transform)
-    ambiguity = _find_ambiguity(candidates, best, options)
+    if ambiguity is None:
+        ambiguity = _find_ambiguity(converged, best, options)
+    else:
+        metrics |= level_shift_ncc(
+            current, prior, masks.current, masks.prior, transform, options.vertebral_level_mm
+        )
     if ambiguity:
         metrics["ambiguity"] = ambiguity
     timings["quality"] = time.perf_counter() - stage
