@@ -24,11 +24,20 @@ demo: venv
 
 # The whole test suite, slow cases included.
 test: venv
+	@if ! command -v dciodvfy >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dicom3tools; fi
 	$(PY) -m pytest -ra
 
 # Everything but the cases marked slow.
 test-fast: venv
 	$(PY) -m pytest -ra -m "not slow"
+
+# Every script in benchmarks/, one after the other; each prints its own figures and
+# docs/benchmarks.md records them. dcm2niix is compared only when it is on PATH.
+bench: venv
+	@for script in benchmarks/*.py; do \
+		echo "== $$script"; \
+		$(PY) $$script || exit 1; \
+	done
 
 lint: venv
 	$(VENV)/bin/ruff check priors jobs tests

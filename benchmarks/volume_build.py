@@ -60,7 +60,7 @@ def _phantom_slice(rng: np.random.Generator, size: int, k: int, slices: int) -> 
 def write_series(folder: Path, *, size: int, slices: int, seed: int = 0) -> list[Path]:
     """Write an axial CT series with the headers a scanner writes; return the file paths.
 
-    Files are named by SOP Instance UID, so directory order says nothing about slice order.
+    Files are named by SOP Instance UID, so directory order is unrelated to slice order.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -137,9 +137,9 @@ def _summary(array: np.ndarray, image) -> dict:
     }
 
 
-def _peak_rss_mib(who: int) -> float:
+def _peak_rss_mib(usage_of: int) -> float:
     # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(who).ru_maxrss / 1024
+    return resource.getrusage(usage_of).ru_maxrss / 1024
 
 
 def _run_worker(tool: str, folder: Path) -> dict:
@@ -164,7 +164,9 @@ def _run_worker(tool: str, folder: Path) -> dict:
         image = reader.Execute()
         wall = time.perf_counter() - start
     else:
-        raise ValueError(f"unknown worker tool {tool!r}, expected build_volumes or {REFERENCE_TOOL}")
+        raise ValueError(
+            f"unknown worker tool {tool!r}, expected build_volumes or {REFERENCE_TOOL}"
+        )
 
     peak = _peak_rss_mib(resource.RUSAGE_SELF)
     result = {"wall_s": wall, "peak_rss_mib": peak, "baseline_rss_mib": baseline}
@@ -181,8 +183,12 @@ def _run_dcm2niix(folder: Path, executable: str) -> dict:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wall = time.perf_counter() - start
         written = sorted(p.name for p in Path(out).iterdir())
-    return {"wall_s": wall, "peak_rss_mib": _peak_rss_mib(resource.RUSAGE_CHILDREN),
-            "baseline_rss_mib": 0.0, "written": written}
+    return {
+        "wall_s": wall,
+        "peak_rss_mib": _peak_rss_mib(resource.RUSAGE_CHILDREN),
+        "baseline_rss_mib": 0.0,
+        "written": written,
+    }
 
 
 def _measure(tool: str, folder: Path, dcm2niix: str | None) -> dict:

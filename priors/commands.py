@@ -134,8 +134,12 @@ def register_command(current: Path, prior: Path, *, out_dir: Path, settings: Set
                         modality_pair=modality_pair)
 
 
-def convert_command(sources: Sequence[str], *, out_dir: Path) -> int:
-    """Build every series' volumes and write NIfTI files with JSON sidecars."""
+def convert_command(sources: Sequence[str], *, out_dir: Path, **policies: Any) -> int:
+    """Build every series' volumes and write NIfTI files with JSON sidecars.
+
+    ``policies`` are the keyword options of ``run_convert`` (gap, tilt and temporal
+    policies, minimum slice count).
+    """
     from priors.dicom.convert import run_convert
 
-    return run_convert([Path(path) for path in sources], out_dir=out_dir)
+    return run_convert([Path(path) for path in sources], out_dir=out_dir, **policies)

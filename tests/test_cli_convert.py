@@ -125,3 +125,12 @@ def test_convert_missing_source(tmp_path: Path, capsys: pytest.CaptureFixture[st
     missing = tmp_path / "absent"
     assert _convert([missing], tmp_path / "out") == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_convert_policy_choices_match_volume_module():
+    from priors import cli
+    from priors.dicom import volume
+
+    assert set(cli.CONVERT_GAP_POLICIES) == set(volume.GAP_POLICIES)
+    assert set(cli.CONVERT_TILT_POLICIES) == set(volume.TILT_POLICIES)
+    assert set(cli.CONVERT_TEMPORAL_POLICIES) == set(volume.TEMPORAL_POLICIES)

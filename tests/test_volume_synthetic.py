@@ -21,6 +21,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from priors.dicom.convert import run_convert
 from priors.dicom.volume import build_volumes
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -237,10 +238,11 @@ def test_one_slice_in_other_orientation(tmp_path: Path) -> None:
     assert "1 slice(s)" in rejections[0].reason
 
 
-def test_cine_at_one_position_rejected(tmp_path: Path) -> None:
+def write_cine(folder: Path, phases: int = 50) -> list[Path]:
+    """Write one axial position over phases cardiac phases, phase p holding ramp(offset=p)."""
     paths = []
-    for phase in range(50):
-        path = tmp_path / f"phase{phase:02d}.dcm"
+    for phase in range(phases):
+        path = folder / f"phase{phase:02d}.dcm"
         write_slice(
             path,
             ramp(offset=phase),
@@ -250,6 +252,11 @@ def test_cine_at_one_position_rejected(tmp_path: Path) -> None:
             extra={"TriggerTime": str(20 * phase), "TemporalPositionIdentifier": phase + 1},
         )
         paths.append(path)
+    return paths
+
+
+def test_cine_at_one_position_rejected(tmp_path: Path) -> None:
+    paths = write_cine(tmp_path)
 
     volumes, rejections = build_volumes(paths)
 
@@ -257,6 +264,20 @@ def test_cine_at_one_position_rejected(tmp_path: Path) -> None:
     assert len(rejections) == 1
     assert "50 frames with different pixels share one position" in rejections[0].reason
     assert len(rejections[0].paths) == 50
+
+
+def test_cine_at_one_position_as_4d(tmp_path: Path) -> None:
+    paths = write_cine(tmp_path)
+
+    (volume,), rejections = build_volumes(paths, temporal_policy="4d", min_slices=1)
+    _, too_few = build_volumes(paths, temporal_policy="4d")
+
+    assert rejections == []
+    assert volume.image.GetSize() == (10, 8, 1, 50)
+    array = sitk.GetArrayFromImage(volume.image)
+    assert np.array_equal(array[49, 0], ramp(offset=49))
+    assert "cannot join 50 time points" in too_few[0].reason
+    assert "min_slices=3" in too_few[0].reason
 
 
 def test_time_points_become_volumes(tmp_path: Path) -> None:
@@ -283,6 +304,76 @@ def test_time_points_become_volumes(tmp_path: Path) -> None:
     assert len(first) == 1
     assert rejected_volumes == []
     assert "temporal_policy='reject'" in reasons[0].reason
+
+
+def write_time_points(folder: Path, *, slopes: Sequence[float] = (1.0, 1.0)) -> list[Path]:
+    """Write 3 axial positions at len(slopes) time points, each with its Rescale Slope."""
+    paths = []
+    for time_point, slope in enumerate(slopes, start=1):
+        for k in range(3):
+            paths.append(
+                write_slice(
+                    folder / f"t{time_point}s{k}.dcm",
+                    ramp(offset=1000 * time_point + k),
+                    position=(0, 0, 2.0 * k),
+                    series_uid=SERIES,
+                    slope=slope,
+                    extra={"TemporalPositionIdentifier": time_point, "TriggerTime": 40 * k},
+                )
+            )
+    return paths[::-1]
+
+
+def test_time_points_join_into_4d(tmp_path: Path) -> None:
+    (volume,), rejections = build_volumes(write_time_points(tmp_path), temporal_policy="4d")
+
+    assert rejections == []
+    assert volume.stack_label == "2 time points"
+    assert volume.image.GetDimension() == 4
+    assert volume.image.GetSize() == (10, 8, 3, 2)
+    assert volume.image.GetSpacing()[:3] == pytest.approx((0.5, 0.5, 2.0))
+    assert volume.image.GetOrigin()[:3] == pytest.approx((0.0, 0.0, 0.0))
+    array = sitk.GetArrayFromImage(volume.image)  # (time, z, y, x)
+    for time_point in (1, 2):
+        for k in range(3):
+            assert np.array_equal(array[time_point - 1, k], ramp(offset=1000 * time_point + k))
+    assert volume.metadata["time_point_count"] == 2
+    assert [key[0] for key in volume.metadata["temporal_keys"]] == [1.0, 2.0]
+    assert len(volume.sop_instance_uids) == 6
+    assert any("temporal_policy='4d'" in d for d in volume.decisions)
+
+
+def test_4d_mixed_pixel_types_become_float(tmp_path: Path) -> None:
+    paths = write_time_points(tmp_path, slopes=(1.0, 0.5))
+
+    (volume,), rejections = build_volumes(paths, temporal_policy="4d")
+
+    assert rejections == []
+    assert volume.image.GetPixelID() == sitk.sitkFloat32
+    array = sitk.GetArrayFromImage(volume.image)
+    assert np.array_equal(array[1, 2], ramp(offset=2002) * 0.5)
+    assert "time points differ in pixel type, so the 4-D image is float32" in volume.decisions
+
+
+def test_convert_time_points_as_4d(tmp_path: Path) -> None:
+    source = tmp_path / "dicom"
+    source.mkdir()
+    write_time_points(source)
+
+    status = run_convert([source], out_dir=tmp_path / "out", temporal_policy="4d")
+
+    assert status == 0
+    (sidecar_path,) = [
+        path
+        for path in (tmp_path / "out").glob("*.json")
+        if path.name not in {"rejected.json", "conversion.json"}
+    ]
+    sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+    assert sidecar["size"] == [10, 8, 3, 2]
+    image = sitk.ReadImage(str(tmp_path / "out" / sidecar["nifti"]))
+    assert image.GetSize() == (10, 8, 3, 2)
+    with pytest.raises(ValueError, match="temporal_policy='movie' is not supported"):
+        run_convert([source], out_dir=tmp_path / "out", temporal_policy="movie")
 
 
 GAPPED = [0.0, 1.0, 2.0, 3.0, 5.0, 6.0, 7.0]
@@ -450,7 +541,7 @@ def test_missing_orientation_rejected(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("gap_policy", "fill"), ("tilt_policy", "ignore"), ("temporal_policy", "4d")],
+    [("gap_policy", "fill"), ("tilt_policy", "ignore"), ("temporal_policy", "average")],
 )
 def test_unknown_policy_raises(tmp_path: Path, option: str, value: str) -> None:
     with pytest.raises(ValueError, match=f"{option}='{value}' is not supported"):

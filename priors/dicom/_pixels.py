@@ -22,6 +22,7 @@ __all__ = [
     "pixel_sha256",
     "rescale",
     "rescale_into",
+    "start_frame_ranges",
     "start_pixel_sha256",
 ]
 
@@ -61,8 +62,8 @@ def _native_stored_array(ds: Dataset) -> np.ndarray | None:
     return raw.astype(dtype.newbyteorder("<"), copy=False)
 
 
-def _sha256_hex(data: bytes | memoryview | np.ndarray) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _sha256_hex(data: np.ndarray) -> str:
+    return hashlib.sha256(data.data).hexdigest()
 
 
 # hashlib releases the GIL on large buffers, so one background thread hashes the pixel
@@ -79,7 +80,7 @@ def _executor() -> ThreadPoolExecutor:
         return _hash_executor
 
 
-def _hash_input(ds: Dataset, decoded: np.ndarray) -> bytes | memoryview | np.ndarray:
+def _hash_input(ds: Dataset, decoded: np.ndarray) -> np.ndarray:
     """Return the bytes that pixel_sha256 covers, without copying where possible."""
     transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
     array = None
@@ -108,6 +109,19 @@ def start_pixel_sha256(ds: Dataset, decoded: np.ndarray) -> Future[str]:
     (7FE0,0010) Pixel Data from the dataset straight away.
     """
     return _executor().submit(_sha256_hex, _hash_input(ds, decoded))
+
+
+def _frame_ranges(decoded: np.ndarray) -> np.ndarray:
+    return np.stack([decoded.min(axis=(1, 2)), decoded.max(axis=(1, 2))], axis=1)
+
+
+def start_frame_ranges(decoded: np.ndarray) -> Future[np.ndarray]:
+    """Start computing the (min, max) of each frame of a (frames, rows, columns) array.
+
+    Runs on the hashing thread, because numpy reductions also release the GIL. The
+    result is a (frames, 2) array in the stored dtype.
+    """
+    return _executor().submit(_frame_ranges, decoded)
 
 
 def _decode_native(ds: Dataset, path: str) -> np.ndarray:
@@ -239,21 +253,17 @@ def rescale(values: np.ndarray, *, slope: float, intercept: float, dtype: np.dty
     return output
 
 
-def rescale_into(
-    output: np.ndarray, values: np.ndarray, *, slope: float, intercept: float
-) -> None:
+def rescale_into(output: np.ndarray, values: np.ndarray, *, slope: float, intercept: float) -> None:
     """Write rescaled values into output, rounding to its dtype when that is an integer.
 
-    The caller picks an output dtype that holds every exact result (see output_dtype).
+    The caller picks an output dtype that can store every exact result (see output_dtype).
     With an integral slope and intercept and an integer output, the arithmetic stays in
     integers and gives the same values as rounding the float result.
     """
     if output.dtype.kind in "iu" and _is_integral(slope) and _is_integral(intercept):
         whole_slope, whole_intercept = round(slope), round(intercept)
         info = np.iinfo(output.dtype)
-        if info.min <= min(whole_slope, whole_intercept) <= max(whole_slope, whole_intercept) <= (
-            info.max
-        ):
+        if all(info.min <= value <= info.max for value in (whole_slope, whole_intercept)):
             # Integer loops wrap modulo 2**bits and are never narrower than the output, so
             # the wrapped result cast to the output equals the exact one whenever it fits.
             scalar = output.dtype.type

@@ -43,16 +43,26 @@ class Instance:
     dataset: Dataset
     _stored: np.ndarray | None = field(default=None, repr=False)
     _sha256: Future[str] | None = field(default=None, repr=False)
+    _ranges: Future[np.ndarray] | None = field(default=None, repr=False)
 
     def stored(self) -> np.ndarray:
         """Return the stored values as a (frames, rows, columns) array."""
         if self._stored is None:
             self._stored = _pixels.decode_stored(self.dataset, self.path)
-            # Start hashing now so that the encoded Pixel Data can leave the dataset:
-            # compressed data is then held once, decoded; native data is viewed, not copied.
+            # Hashing starts now so that Pixel Data can leave the dataset. Compressed data is
+            # then kept once, decoded, and native data is viewed in place, not copied.
             self._sha256 = _pixels.start_pixel_sha256(self.dataset, self._stored)
+            self._ranges = _pixels.start_frame_ranges(self._stored)
             del self.dataset.PixelData
         return self._stored
+
+    def frame_range(self, index: int) -> tuple[float, float]:
+        """Return the minimum and maximum stored value of one frame."""
+        if self._ranges is None:
+            self.stored()
+        assert self._ranges is not None
+        low, high = self._ranges.result()[index]
+        return float(low), float(high)
 
     def pixel_sha256(self) -> str:
         """Return the SHA-256 of the decoded stored pixel data of the whole instance."""
@@ -99,6 +109,13 @@ class Frame:
         if self.tile is not None:
             return self.instance.stored()[0][self.tile]
         return self.instance.stored()[self.frame_index]
+
+    def stored_range(self) -> tuple[float, float]:
+        """Return the minimum and maximum stored value of this frame (or mosaic tile)."""
+        if self.tile is not None:
+            tile = self.stored()
+            return float(tile.min()), float(tile.max())
+        return self.instance.frame_range(self.frame_index)
 
     def frame_sha256(self) -> str:
         """Return the SHA-256 of this frame's stored values (for duplicate checks)."""

@@ -41,6 +41,11 @@ class Stack:
     frames: list[Frame]
     label_parts: list[str] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
+    # 0-based time point and the number of time points when the stack is one time point
+    # of several at the same positions; None otherwise.
+    time_point: tuple[int, int] | None = None
+    # Label parts shared by all time points of the acquisition group.
+    group_label_parts: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -190,7 +195,11 @@ def _resolve_positions(
         return [stack], []
 
     all_frames = [frame for group in groups for frame in group]
-    if len(groups) == 1:
+    temporal_keys_differ = all(
+        len({frame.temporal_key for frame in group}) == len(group) for group in groups
+    )
+    # A cine at one position is a volume only as one slice over time, that is in 4-D.
+    if len(groups) == 1 and not (temporal_policy == "4d" and temporal_keys_differ):
         reason = (
             f"{len(all_frames)} frames with different pixels share one position "
             f"{_describe_position(all_frames[0])}: a time series or repeated 2-D images, "
@@ -198,9 +207,6 @@ def _resolve_positions(
         )
         return [], [StackRejection(label, reason, all_frames)]
 
-    temporal_keys_differ = all(
-        len({frame.temporal_key for frame in group}) == len(group) for group in groups
-    )
     if not temporal_keys_differ:
         conflicted = next(g for g in groups if len({f.temporal_key for f in g}) < len(g))
         reason = (
@@ -233,6 +239,8 @@ def _resolve_positions(
         stack = Stack(
             frames=[group[index] for group in groups],
             label_parts=labels + [f"time point {index + 1} of {time_points}"],
+            time_point=(index, time_points),
+            group_label_parts=list(labels),
         )
         stack.decisions.extend(decisions)
         stack.decisions.append(
@@ -251,7 +259,8 @@ def split_series(
 
     Frames are split by orientation, image size and pixel spacing, echo, image type and
     enhanced Stack ID. Identical frames at one position are dropped with a warning.
-    Several different frames at each position become one stack per time point.
+    Several different frames at each position become one stack per time point (also
+    with ``temporal_policy="4d"``, where the caller joins the built time points).
     """
     stacks: list[Stack] = []
     rejections: list[StackRejection] = []

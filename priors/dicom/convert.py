@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -28,7 +29,14 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from priors.dicom.sniff import NOT_DICOM, sniff
-from priors.dicom.volume import SeriesRejection, Volume, build_volumes
+from priors.dicom.volume import (
+    GAP_POLICIES,
+    TEMPORAL_POLICIES,
+    TILT_POLICIES,
+    SeriesRejection,
+    Volume,
+    build_volumes,
+)
 
 __all__ = [
     "EXIT_FAILED",
@@ -257,10 +265,12 @@ class _SeriesOutcome:
     failed: bool = False
 
 
-def _convert_series(series: SeriesFiles, out_dir: Path) -> _SeriesOutcome:
+def _convert_series(
+    series: SeriesFiles, out_dir: Path, build_options: dict[str, Any]
+) -> _SeriesOutcome:
     outcome = _SeriesOutcome()
     try:
-        volumes, rejections = build_volumes(series.paths)
+        volumes, rejections = build_volumes(series.paths, **build_options)
     except (ValueError, RuntimeError, OSError, MemoryError) as err:
         # build_volumes returns rejections for bad data, so an exception here is
         # unexpected. Record it against the series and go on with the others.
@@ -319,7 +329,15 @@ def _summary_line(series: SeriesFiles, outcome: _SeriesOutcome) -> str:
     return line
 
 
-def run_convert(sources: Sequence[Path], *, out_dir: Path) -> int:
+def run_convert(
+    sources: Sequence[Path],
+    *,
+    out_dir: Path,
+    gap_policy: str = "split",
+    tilt_policy: str = "resample",
+    temporal_policy: str = "split",
+    min_slices: int = 3,
+) -> int:
     """Build every series under the sources and write NIfTI files with JSON sidecars.
 
     Writes ``<stem>.nii.gz`` and ``<stem>.json`` per volume (see ``volume_file_stem``),
@@ -334,18 +352,38 @@ def run_convert(sources: Sequence[Path], *, out_dir: Path) -> int:
     out_dir
         Output folder, created when missing. Existing files of the same name are
         overwritten.
+    gap_policy, tilt_policy, temporal_policy, min_slices
+        Passed to ``build_volumes``; ``temporal_policy="4d"`` writes 4-D NIfTI files.
 
     Returns
     -------
     int
         0 when every series was built or rejected with a reason, 1 when a series
         raised or an output could not be written, 2 when a source does not exist.
+
+    Raises
+    ------
+    ValueError
+        When a policy is not one that ``build_volumes`` supports.
     """
+    for name, value, allowed in (
+        ("gap_policy", gap_policy, GAP_POLICIES),
+        ("tilt_policy", tilt_policy, TILT_POLICIES),
+        ("temporal_policy", temporal_policy, TEMPORAL_POLICIES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r} is not supported, expected one of {list(allowed)}")
     missing = [str(source) for source in sources if not Path(source).exists()]
     if missing:
         print(f"priors: source not found: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
 
+    build_options: dict[str, Any] = {
+        "gap_policy": gap_policy,
+        "tilt_policy": tilt_policy,
+        "temporal_policy": temporal_policy,
+        "min_slices": min_slices,
+    }
     scan = scan_files([Path(source) for source in sources])
     out_dir.mkdir(parents=True, exist_ok=True)
     series_rejections: list[dict] = []
@@ -353,7 +391,7 @@ def run_convert(sources: Sequence[Path], *, out_dir: Path) -> int:
     used: set[str] = set()
     failed = False
     for series in scan.series.values():
-        outcome = _convert_series(series, out_dir)
+        outcome = _convert_series(series, out_dir, build_options)
         print(_summary_line(series, outcome))
         series_rejections.extend(outcome.rejections)
         written.extend(outcome.written)

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 GAP_POLICIES = ("split", "resample", "reject")
 TILT_POLICIES = ("resample", "keep", "reject")
-TEMPORAL_POLICIES = ("split", "first", "reject")
+TEMPORAL_POLICIES = ("split", "4d", "first", "reject")
 
 
 @dataclass
@@ -148,7 +148,12 @@ def _rescaled_array(frames: Sequence[Frame], decisions: list[str]) -> np.ndarray
     """Return the (N, rows, columns) array of rescaled values in the output dtype."""
     slices = _stored_slices(frames)
     rescales = [(f.rescale_slope, f.rescale_intercept) for f in frames]
-    ranges = [(float(s.min()), float(s.max())) for s in slices]
+    ranges = [
+        (float(stored.min()), float(stored.max()))
+        if frame.photometric_interpretation == "MONOCHROME1"
+        else frame.stored_range()
+        for frame, stored in zip(frames, slices, strict=True)
+    ]
     dtype = _pixels.output_dtype(ranges, rescales)
 
     if any(f.photometric_interpretation == "MONOCHROME1" for f in frames):
@@ -387,6 +392,94 @@ class _StackBuilder:
         )
 
 
+# Time points joined into one 4-D image must share their grid to this tolerance (mm, or
+# direction cosine). It matches slice grouping because all time points share one set of positions.
+JOIN_GRID_TOLERANCE = 1e-3
+
+
+def _same_grid(first: sitk.Image, other: sitk.Image) -> bool:
+    return first.GetSize() == other.GetSize() and all(
+        np.allclose(getter(first), getter(other), atol=JOIN_GRID_TOLERANCE)
+        for getter in (sitk.Image.GetSpacing, sitk.Image.GetOrigin, sitk.Image.GetDirection)
+    )
+
+
+def _join_time_points(
+    series_uid: str, group_label_parts: list[str], built: list[tuple[Stack, _StackBuilder]]
+) -> tuple[list[Volume], list[SeriesRejection]]:
+    """Join the 3-D volumes of every time point of one group into one 4-D volume.
+
+    The fourth axis is the time point index (spacing 1), in the order of the temporal key:
+    Temporal Position Identifier, then Trigger Time, then Acquisition Number.
+    """
+    count = len(built)
+    label = ", ".join(group_label_parts + [f"{count} time points"])
+    all_paths = list(dict.fromkeys(f.path for stack, _ in built for f in stack.frames))
+    first: Volume | None = None
+    problem = ""
+    for stack, builder in built:
+        assert stack.time_point is not None
+        name = f"time point {stack.time_point[0] + 1} of {count}"
+        if builder.rejections or len(builder.volumes) != 1:
+            reasons = "; ".join(r.reason for r in builder.rejections)
+            problem = f"{name} gave {len(builder.volumes)} volumes, expected 1 ({reasons})"
+            break
+        (volume,) = builder.volumes
+        if first is None:
+            first = volume
+        elif not _same_grid(first.image, volume.image):
+            problem = (
+                f"{name} has size {volume.image.GetSize()}, origin {volume.image.GetOrigin()}, "
+                f"expected the grid of time point 1 (size {first.image.GetSize()}, origin "
+                f"{first.image.GetOrigin()})"
+            )
+            break
+    if problem or first is None:
+        reason = (
+            f"cannot join {count} time points into one 4-D image: {problem}; "
+            "temporal_policy='split' builds each time point as its own volume"
+        )
+        logger.info("rejected stack %r of series %s: %s", label, series_uid, reason)
+        return [], [SeriesRejection(series_uid, label, reason, all_paths)]
+
+    volumes = [builder.volumes[0] for _, builder in built]
+    decisions = list(dict.fromkeys(d for volume in volumes for d in volume.decisions))
+    images = [volume.image for volume in volumes]
+    if len({image.GetPixelID() for image in images}) > 1:
+        images = [sitk.Cast(image, sitk.sitkFloat32) for image in images]
+        decisions.append("time points differ in pixel type, so the 4-D image is float32")
+    image = sitk.JoinSeries(images)
+    decisions.append(
+        f"joined {count} time points into one 4-D image; the fourth axis is the time point "
+        "index in temporal order (temporal_policy='4d')"
+    )
+    metadata = dict(first.metadata)
+    metadata.update(
+        {
+            "size": list(image.GetSize()),
+            "spacing": list(image.GetSpacing()),
+            "origin_lps": list(image.GetOrigin()),
+            "direction_lps": list(image.GetDirection()),
+            "pixel_type": str(sitk.GetArrayViewFromImage(image).dtype),
+            "time_point_count": count,
+            # (Temporal Position Identifier, Trigger Time, Acquisition Number), -1 if absent.
+            "temporal_keys": [list(stack.frames[0].temporal_key) for stack, _ in built],
+            "frame_numbers": [n for volume in volumes for n in volume.metadata["frame_numbers"]],
+        }
+    )
+    joined = Volume(
+        image=image,
+        series_instance_uid=series_uid,
+        stack_label=label,
+        sop_instance_uids=[uid for volume in volumes for uid in volume.sop_instance_uids],
+        paths=[path for volume in volumes for path in volume.paths],
+        pixel_sha256={k: v for volume in volumes for k, v in volume.pixel_sha256.items()},
+        decisions=decisions,
+        metadata=metadata,
+    )
+    return [joined], []
+
+
 def build_volumes(
     paths: Sequence[str | Path],
     *,
@@ -408,9 +501,11 @@ def build_volumes(
     tilt_policy : {"resample", "keep", "reject"}
         What to do with slices sheared by gantry tilt: shift them in plane onto a
         rectilinear grid, keep them as stored (recording the offsets), or reject.
-    temporal_policy : {"split", "first", "reject"}
+    temporal_policy : {"split", "4d", "first", "reject"}
         What to do when every position contains several frames (time points or cardiac
-        phases): one volume per time point, only the first, or reject.
+        phases): one 3-D volume per time point, one 4-D volume whose fourth axis is the
+        time point (rejected when the time points do not share one grid), only the first
+        time point, or reject.
     min_slices : int
         Fewest slices at distinct positions that make a volume.
 
@@ -437,6 +532,7 @@ def build_volumes(
                     series_uid, rejected.label, rejected.reason, _unique_paths(rejected.frames)
                 )
             )
+        time_groups: dict[tuple[str, ...], list[tuple[Stack, _StackBuilder]]] = {}
         for stack in stacks:
             builder = _StackBuilder(
                 series_uid,
@@ -446,8 +542,16 @@ def build_volumes(
                 min_slices=min_slices,
             )
             builder.build()
+            if temporal_policy == "4d" and stack.time_point is not None:
+                group = tuple(stack.group_label_parts)
+                time_groups.setdefault(group, []).append((stack, builder))
+                continue
             volumes.extend(builder.volumes)
             rejections.extend(builder.rejections)
+        for group, built in time_groups.items():
+            joined, not_joined = _join_time_points(series_uid, list(group), built)
+            volumes.extend(joined)
+            rejections.extend(not_joined)
         logger.info(
             "series %s: %d frames, %d volume(s), %d rejection(s) so far",
             series_uid,
