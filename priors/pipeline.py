@@ -301,7 +301,8 @@ def _prepare_pair(
     clock = time.perf_counter()
     change_info, change_outputs, status, reason = _detect_change(
         pair, current, registered, registration, pair_dir=pair_dir,
-        settings=settings, model_loader=model_loader)
+        settings=settings, model_loader=model_loader,
+        dicom_dir=task.package_dir / "dicom" / pair.pair_id, pseudonym=task.person)
     timings["change_s"] = time.perf_counter() - clock
     outputs.update(change_outputs)
     record.add_model(change_info)
@@ -361,9 +362,14 @@ def _single_transform(registration: Any) -> Any:
 
 def _detect_change(pair: PairTask, current: Any, registered: Any, registration: Any, *,
                    pair_dir: Path, settings: Settings,
-                   model_loader: Callable[[], Any] | None
+                   model_loader: Callable[[], Any] | None,
+                   dicom_dir: Path, pseudonym: str,
                    ) -> tuple[dict[str, Any], dict[str, str], str, str]:
-    """Run the model in scope, the baseline outside it, and nothing after a failed QA."""
+    """Run the model in scope, the baseline outside it, and nothing after a failed QA.
+
+    The change maps are also written as DICOM: identified into ``dicom_dir``, outside
+    the pair folder that goes to MLflow, and with the pseudonym into ``pair_dir/dicom``.
+    """
     import SimpleITK as sitk
 
     if registration.verdict != "pass":
@@ -413,7 +419,43 @@ def _detect_change(pair: PairTask, current: Any, registered: Any, registration: 
     }
     info["lesion_count"] = len(lesions)
     info["changed_voxels"] = int(np.count_nonzero(output.labels))
+    outputs.update(_write_change_dicom(current, output, info, identified_dir=dicom_dir,
+                                       pseudonymised_dir=pair_dir / "dicom",
+                                       pseudonym=pseudonym))
     return info, outputs, FINISHED, info["reason"]
+
+
+def _write_change_dicom(current: Any, output: Any, info: dict[str, Any], *,
+                        identified_dir: Path, pseudonymised_dir: Path,
+                        pseudonym: str) -> dict[str, str]:
+    """Write the DICOM SEG and Parametric Map; a volume they cannot reference gets none.
+
+    A resampled current volume (gantry tilt, interpolated gaps) has slices that no
+    source image matches, so it is recorded in ``info["dicom_outputs"]`` and skipped.
+    """
+    from priors import __version__
+    from priors.packaging.dicom_outputs import write_change_dicom
+
+    if info["method"] == "model":
+        algorithm = {"name": str(info["bundle"]), "version": str(info["version"]),
+                     "method": "model", "weights_sha256": str(info["weights_sha256"])}
+    else:
+        algorithm = {"name": "priors subtraction baseline", "version": __version__,
+                     "method": "baseline"}
+    try:
+        identified = write_change_dicom(
+            source_paths=current.paths, labels=output.labels, probability=output.probability,
+            out_dir=identified_dir, algorithm=algorithm)
+        write_change_dicom(
+            source_paths=current.paths, labels=output.labels, probability=output.probability,
+            out_dir=pseudonymised_dir, algorithm=algorithm, pseudonym=pseudonym)
+    except ValueError as err:  # DicomOutputError, or highdicom rejecting a source
+        log.warning("series %s: no DICOM change outputs: %s",
+                    current.series_instance_uid, err)
+        info["dicom_outputs"] = f"not written: {err}"
+        return {}
+    info["dicom_outputs"] = "written"
+    return identified
 
 
 def _failed_pair(task: PersonTask, pair: PairTask, reason: str, *, seconds: float) -> PairResult:

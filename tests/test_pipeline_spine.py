@@ -176,12 +176,24 @@ def _identifying_values(shared_data: Path) -> set[bytes]:
     return {value for value in values if value}
 
 
+def test_spine_identified_dicom_only_in_package(spine_job):
+    _, home, out_dir, _ = spine_job
+    identified = list(Path(out_dir).glob("*/dicom/*/*.dcm"))
+    logged = list((home / "mlartifacts").rglob("*.dcm"))
+    assert identified
+    assert len(logged) >= len(identified)
+
+
 def test_spine_no_identifiers_in_mlflow_or_logs(spine_job, shared_data):
     _, home, out_dir, log_text = spine_job
     values = _identifying_values(shared_data)
     assert len(values) >= 6
+    # The context package keeps identified DICOM outputs in <package>/dicom/ for
+    # storing back into a PACS; everything else in it, and all of MLflow, must not.
+    package_files = [p for p in Path(out_dir).rglob("*") if p.is_file()
+                     and p.relative_to(out_dir).parts[1] != "dicom"]
     stores = [home / "mlflow.db", *(p for p in (home / "mlartifacts").rglob("*") if p.is_file()),
-              *(p for p in Path(out_dir).rglob("*") if p.is_file())]
+              *package_files]
     with sqlite3.connect(home / "mlflow.db") as connection:
         connection.execute("PRAGMA wal_checkpoint(FULL)")
     for path in stores:
