@@ -19,6 +19,10 @@ __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("priors")
 
+CONVERT_GAP_POLICIES = ("split", "resample", "reject")
+CONVERT_TILT_POLICIES = ("resample", "keep", "reject")
+CONVERT_TEMPORAL_POLICIES = ("split", "first", "4d", "reject")
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -97,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="build volumes from DICOM and write NIfTI")
     convert.add_argument("sources", nargs="+", metavar="SOURCE")
     convert.add_argument("--out", required=True, help="output folder")
+    # Choices repeat priors.dicom.volume's policy constants, kept here so that --help
+    # does not import the DICOM stack; a test checks that the two agree.
+    convert.add_argument("--gap-policy", choices=CONVERT_GAP_POLICIES, default="split",
+                         help="missing slices or uneven spacing: split into uniform blocks, "
+                         "resample onto the median step, or reject (default: %(default)s)")
+    convert.add_argument("--tilt-policy", choices=CONVERT_TILT_POLICIES, default="resample",
+                         help="gantry tilt: resample onto a rectilinear grid, keep the sheared "
+                         "geometry, or reject (default: %(default)s)")
+    convert.add_argument("--temporal-policy", choices=CONVERT_TEMPORAL_POLICIES,
+                         default="split",
+                         help="several volumes at the same positions: one volume per time "
+                         "point, the first only, one 4-D image, or reject (default: %(default)s)")
+    convert.add_argument("--min-slices", type=int, default=3,
+                         help="fewest slices that make a volume (default: %(default)s)")
 
     audit = commands.add_parser(
         "audit", help="check and trace provenance recorded in MLflow")
@@ -233,7 +251,9 @@ def _run_register(args: argparse.Namespace, settings) -> int:
 def _run_convert(args: argparse.Namespace, settings) -> int:
     from priors.commands import convert_command
 
-    return convert_command(args.sources, out_dir=Path(args.out))
+    return convert_command(args.sources, out_dir=Path(args.out), gap_policy=args.gap_policy,
+                           tilt_policy=args.tilt_policy, temporal_policy=args.temporal_policy,
+                           min_slices=args.min_slices)
 
 
 def _run_audit(args: argparse.Namespace, settings) -> int:

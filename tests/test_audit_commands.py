@@ -18,6 +18,7 @@ from priors.audit_command import report_command, trace_command, verify_command
 from priors.cli import main
 from priors.config import load_settings
 from priors.distributed import REGISTERED_MODEL_NAME, run_prepare_job
+from priors.provenance.digests import file_sha256
 from priors.provenance.lineage import (
     LINEAGE_ARTIFACT,
     PROVENANCE_ARTIFACT,
@@ -242,6 +243,10 @@ def test_pair_runs_reach_model_training_record(job):
         assert source_run.info.status == "FINISHED"
         provenance = _record(settings, run_id)
         assert provenance["models"][0]["weights_sha256"] == chain["weights_sha256"]
+        # The bundle's training record names the data generator, seed and training run.
+        assert chain["generator_version"]
+        assert chain["seed"]
+        assert chain["training_run_id"]
 
 
 def test_model_import_records_generator_and_seed(tmp_path):
@@ -268,4 +273,15 @@ def test_model_import_records_generator_and_seed(tmp_path):
     assert chain["generator_version"] == "9.9"
     assert chain["seed"] == "42"
     assert chain["training_run_id"] == "abc123"
+    assert chain["training_run_in_store"] is False
     assert chain["weights_sha256"] == info["weights_sha256"]
+
+
+def test_record_outputs_carry_sha256(job):
+    report, settings, _ = job
+    record = _record(settings, _pair_run_ids(report)[0])
+    outputs = {item["name"]: item for item in record["outputs"]}
+    assert "preview" in outputs
+    for output in outputs.values():
+        assert output["sha256"] is not None, output["name"]
+        assert file_sha256(output["path"]) == output["sha256"]

@@ -124,7 +124,7 @@ def test_datasets_use_digest_prefix(store: Path, experiment: str, tmp_path: Path
     assert run.data.metrics["registration.ncc"] == pytest.approx(0.93)
     assert run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
     artifacts = [item.path for item in client(store).list_artifacts(run_id)]
-    assert artifacts == ["provenance.json"]
+    assert artifacts == ["lineage.json", "provenance.json"]
 
 
 def test_rerun_skips_finished_pair(store: Path, experiment: str, tmp_path: Path) -> None:

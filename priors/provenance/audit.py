@@ -185,8 +185,9 @@ def verify_instances(
     the recorded ``file_sha256`` and ``changed`` otherwise. When the file is gone,
     ``fetch_pixel_sha256`` (when given) fetches the instance through its source and
     returns the SHA-256 of its decoded pixel data, or ``None`` when the source
-    cannot provide it; that value is compared with ``pixel_sha256``. An instance
-    neither read nor fetched is ``missing``.
+    cannot provide it. That value is compared with ``pixel_sha256``, because a copy
+    fetched again may be encoded differently. An instance neither read nor fetched
+    is ``missing``.
 
     Parameters
     ----------

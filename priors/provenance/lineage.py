@@ -99,7 +99,7 @@ def build_lineage_index(artifacts_dir: Path) -> dict[str, Any] | None:
     Returns
     -------
     dict or None
-        None when the folder holds no ``provenance.json``.
+        None when the folder contains no ``provenance.json``.
     """
     provenance_path = Path(artifacts_dir) / PROVENANCE_ARTIFACT
     if not provenance_path.is_file():
@@ -305,8 +305,10 @@ def model_chain(client: MlflowClient, name: str, version: str) -> dict[str, Any]
         ``name``, ``version``, ``weights_sha256`` (version tag), ``source_run_id`` and
         ``source_run_kind`` (``"model_import"`` or a training run), ``training``
         (the run's ``training.*`` parameters, or its own parameters for a training
-        run), ``generator_version``, ``seed`` and ``training_run_id``. Values the
-        store does not hold are empty strings.
+        run), ``generator_version``, ``seed``, ``training_run_id`` and
+        ``training_run_in_store`` (whether that run is in this MLflow store; a
+        bundle trained elsewhere names a run of another store). Values the store
+        does not contain are empty strings.
     """
     from mlflow.exceptions import MlflowException
 
@@ -320,6 +322,7 @@ def model_chain(client: MlflowClient, name: str, version: str) -> dict[str, Any]
         "generator_version": "",
         "seed": "",
         "training_run_id": "",
+        "training_run_in_store": False,
     }
     try:
         model_version = client.get_model_version(name, version)
@@ -346,6 +349,7 @@ def model_chain(client: MlflowClient, name: str, version: str) -> dict[str, Any]
         training = dict(params)
         chain["training_run_id"] = model_version.run_id
     chain["training"] = training
+    chain["training_run_in_store"] = _run_exists(client, chain["training_run_id"])
     chain["generator_version"] = training.get("generator_version", "")
     chain["seed"] = training.get("seed", "")
     return chain
@@ -394,3 +398,15 @@ def _dataset_source_uri(source: str) -> str:
     except json.JSONDecodeError:
         return source
     return str(loaded.get("uri", source)) if isinstance(loaded, dict) else source
+
+
+def _run_exists(client: MlflowClient, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return False
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True

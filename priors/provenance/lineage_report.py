@@ -258,7 +258,7 @@ def _model_blocks(record: Mapping[str, Any], chain: Mapping[str, Any]) -> list[_
         ("registered model", f"{chain['name']} version {chain['version']}"),
         ("version weights_sha256", chain["weights_sha256"] or NOT_RECORDED),
         ("source run", f"{chain['source_run_id']} ({chain['source_run_kind']})"),
-        ("training run", chain["training_run_id"] or NOT_RECORDED),
+        ("training run", _training_run(chain)),
         ("data generator version", chain["generator_version"] or NOT_RECORDED),
         ("training seed", chain["seed"] or NOT_RECORDED),
     ]
@@ -302,6 +302,14 @@ def _software_blocks(record: Mapping[str, Any]) -> list[_Block]:
     rows += sorted(software.get("libraries", {}).items())
     return [_Block("heading", "Code and libraries"),
             _Block("table", headers=("package", "version"), rows=rows)]
+
+
+def _training_run(chain: Mapping[str, Any]) -> str:
+    if not chain["training_run_id"]:
+        return NOT_RECORDED
+    where = "in this MLflow store" if chain["training_run_in_store"] else (
+        "not in this MLflow store; named by the bundle's training record")
+    return f"{chain['training_run_id']} ({where})"
 
 
 def _pair_uids(tags: Mapping[str, str], role: str) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from priors.provenance.digests import jsonable
+from priors.provenance.digests import file_sha256, jsonable
 from priors.provenance.environment import code_version
 
 __all__ = [
@@ -213,11 +213,14 @@ class ProvenanceRecord:
         path
             Where it was written, preferably relative to the context package folder.
         sha256
-            Its SHA-256, when already known.
+            Its SHA-256. When ``None`` and ``path`` names an existing file, the file
+            is hashed now, so add an output after it is written.
         activity
             The step that made it: ``"registration"``, ``"inference"`` or
             ``"packaging"``; ``None`` attributes it to the job as a whole.
         """
+        if sha256 is None and Path(path).is_file():
+            sha256 = file_sha256(path)
         entry: dict[str, Any] = {"name": name, "path": str(path), "sha256": sha256}
         if activity is not None and activity not in OUTPUT_ACTIVITIES:
             raise ValueError(

@@ -208,7 +208,8 @@ class JobTracker:
         self._started_pairs: dict[str, str] = {}
         self._skipped: list[dict[str, str]] = []
         self._last_heartbeat = 0.0
-        self._job_alive_cache: dict[str, bool] = {}
+        # Job run id -> why it counts as dead, for jobs marked KILLED by this tracker.
+        self._dead_job_reasons: dict[str, str] = {}
         # Seconds spent in MLflow calls per pair key (start_pair and log_pair).
         self.logging_seconds: dict[str, float] = {}
 
@@ -317,7 +318,7 @@ class JobTracker:
         int
             The number of pair runs marked.
         """
-        self._job_alive_cache.clear()
+        self._dead_job_reasons.clear()
         marked = 0
         query = f"tags.`{TAG_KIND}` = '{KIND_PAIR}' and attributes.status = 'RUNNING'"
         for run in list(self._search_runs(query)):
@@ -580,6 +581,8 @@ class JobTracker:
         """Return whether a job run's driver is alive, and why it counts as dead."""
         from mlflow.exceptions import MlflowException
 
+        if job_run_id in self._dead_job_reasons:
+            return False, self._dead_job_reasons[job_run_id]
         try:
             job_run = self._client.get_run(job_run_id)
         except MlflowException:
@@ -611,11 +614,10 @@ class JobTracker:
 
         if not reason:
             return True, ""
-        if job_run_id not in self._job_alive_cache:
-            self._client.set_tag(job_run_id, TAG_STALE_REASON, reason)
-            self._client.set_terminated(job_run_id, status="KILLED")
-            logger.warning("job run %s marked KILLED: %s", job_run_id, reason)
-        self._job_alive_cache[job_run_id] = False
+        self._client.set_tag(job_run_id, TAG_STALE_REASON, reason)
+        self._client.set_terminated(job_run_id, status="KILLED")
+        logger.warning("job run %s marked KILLED: %s", job_run_id, reason)
+        self._dead_job_reasons[job_run_id] = reason
         return False, reason
 
     def _heartbeat(self) -> None:
