@@ -305,10 +305,10 @@ def _prepare_pair(
         dicom_dir=task.package_dir / "dicom" / pair.pair_id, pseudonym=task.person)
     timings["change_s"] = time.perf_counter() - clock
     outputs.update(change_outputs)
-    registered = task.provenance_base.get("registered_model")
-    if change_info.get("method") == "model" and registered:
+    registered_model = task.provenance_base.get("registered_model")
+    if change_info.get("method") == "model" and registered_model:
         # The MLflow Model Registry entry whose run records the training data and seed.
-        change_info["registered_model"] = dict(registered)
+        change_info["registered_model"] = dict(registered_model)
     record.add_model(change_info)
 
     from priors.packaging.preview import write_preview_png
