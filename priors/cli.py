@@ -176,7 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
     handler = _COMMANDS[args.command]
-    return handler(args, settings)
+    try:
+        return handler(args, settings)
+    except (FileNotFoundError, NotADirectoryError) as err:
+        # A missing or wrong-kind source is a usage error, not a crash.
+        print(f"priors: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _run_prepare(args: argparse.Namespace, settings) -> int:
@@ -221,8 +226,14 @@ def _run_ingest(args: argparse.Namespace, settings) -> int:
     from priors.sources import open_source
 
     issuers = _issuers(args.issuer)
-    sources = [open_source(path, issuer=issuers.get(str(Path(path).resolve()), ""))
-               for path in args.sources]
+    sources = []
+    for path in args.sources:
+        resolved = Path(path).resolve()
+        if not resolved.exists():
+            raise FileNotFoundError(f"source {path} does not exist")
+        sources.append(open_source(resolved, issuer=issuers.get(str(resolved), "")))
+    # The catalog holds identifiers, so a home folder priors creates is private.
+    Path(settings.home).mkdir(parents=True, exist_ok=True, mode=0o700)
     catalog = Catalog(settings.catalog_url)
     report = catalog.ingest(sources, workers=args.workers, progress=sys.stderr.isatty())
     if args.json:

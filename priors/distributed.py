@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from priors.config import Settings
-from priors.pipeline import FAILED, SKIPPED, PersonResult, PersonTask
+from priors.pipeline import FAILED, SKIPPED, PersonResult, PersonTask, unused_reason
 from priors.report import JobReport
 
 __all__ = ["resolve_bundle_dir", "run_demo", "run_prepare_job"]
@@ -126,7 +126,8 @@ def run_prepare_job(
         model_info = _registered_model(tracker, bundle_dir)
         report.registered_model = model_info
         finished = tracker.finished_pair_keys()
-        tasks, used = _drop_finished_pairs(plan.tasks, finished, report)
+        tasks, used, unused = _drop_finished_pairs(plan.tasks, finished, report,
+                                                   tracker=tracker)
         for task in tasks:
             task.provenance_base["registered_model"] = model_info
         _start_pair_runs(tracker, tasks)
@@ -141,8 +142,12 @@ def run_prepare_job(
                 if pair.status != FAILED:
                     used.update(row["location"] for row in pair.used_instances)
                 rejected.update((row["location"], row["reason"]) for row in pair.rejected_files)
+                unused.update((row["location"], row["reason"]) for row in pair.unused_files)
         timings["pairs_s"] = time.perf_counter() - clock
 
+        for location in used:
+            unused.pop(location, None)
+        plan.not_chosen.update(unused)
         report.counts, report.file_reasons = account_job(plan, used, rejected)
         report.absent_references = plan.absent_references
         timings["total_s"] = time.perf_counter() - started
@@ -165,14 +170,17 @@ def _registered_model(tracker: Any, bundle_dir: Path) -> dict[str, Any]:
 
 
 def _drop_finished_pairs(tasks: list[PersonTask], finished: Mapping[str, str],
-                         report: JobReport) -> tuple[list[PersonTask], set[str]]:
+                         report: JobReport, *, tracker: Any
+                         ) -> tuple[list[PersonTask], set[str], dict[str, str]]:
     """Remove pairs whose key already has a finished run; report them as skipped.
 
-    Returns the remaining tasks and the locations of the skipped pairs' instances,
-    which count as used: they are part of volumes of pairs prepared before.
+    Returns the remaining tasks, the locations of the skipped pairs' instances that
+    count as used (they are part of volumes of pairs prepared before), and the other
+    files of those pairs' series with the reason they were left out.
     """
     kept = []
     reused: set[str] = set()
+    left_out: dict[str, str] = {}
     for task in tasks:
         pairs = []
         for pair in task.pairs:
@@ -181,14 +189,19 @@ def _drop_finished_pairs(tasks: list[PersonTask], finished: Mapping[str, str],
                 report.pairs.append(_pair_row(task.person, pair.current.summary(),
                                               pair.prior.summary(), SKIPPED,
                                               f"finished before in run {existing}", "", ""))
-                reused.update(ref.location for ref in pair.current.instances)
-                reused.update(ref.location for ref in pair.prior.instances)
+                tracker.log_skipped_pair(pair.pair_key or "", existing)
+                pair_used = _used_locations(task, pair)
+                reused.update(pair_used)
+                for series in (pair.current, pair.prior):
+                    left_out.update((ref.location, unused_reason(series.series_instance_uid))
+                                    for ref in series.instances
+                                    if ref.location not in pair_used)
                 continue
             pairs.append(pair)
         task.pairs = pairs
         if pairs:
             kept.append(task)
-    return kept, reused
+    return kept, reused, left_out
 
 
 def _start_pair_runs(tracker: Any, tasks: Sequence[PersonTask]) -> None:
@@ -208,6 +221,23 @@ def _start_pair_runs(tracker: Any, tasks: Sequence[PersonTask]) -> None:
                 "priors.prior.study_instance_uid": pair.prior.study_instance_uid,
                 "priors.prior.series_instance_uid": pair.prior.series_instance_uid,
             })
+
+
+def _used_locations(task: PersonTask, pair: Any) -> set[str]:
+    """Return the instance locations a finished pair used, from its provenance.json.
+
+    Falls back to every instance of the two series when the package of the earlier
+    run is not in this job's output folder.
+    """
+    import json
+
+    path = task.package_dir / "pairs" / pair.pair_id / "provenance.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return {row["location"] for rows in record["instances"].values() for row in rows}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return ({ref.location for ref in pair.current.instances}
+                | {ref.location for ref in pair.prior.instances})
 
 
 def _run_tasks(tasks: list[PersonTask], *, settings: Settings, bundle_dir: Path,

@@ -10,6 +10,7 @@ neither the catalog nor MLflow: the driver does, from the returned
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ __all__ = [
     "PersonTask",
     "SeriesRef",
     "prepare_person",
+    "unused_reason",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,8 @@ class PairResult:
     provenance: dict[str, Any]
     # Files of the pair's series that could not be read or decoded, with the reason.
     rejected_files: list[dict[str, str]] = field(default_factory=list)
+    # Readable files of the pair's series left out of its volumes, with the reason.
+    unused_files: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -260,6 +264,11 @@ def _prepare_pair(
 
     timings: dict[str, float] = {}
     pair_dir = task.package_dir / "pairs" / pair.pair_id
+    # A re-run replaces the pair's files whole, so no output of an earlier run can
+    # sit beside a manifest that no longer names it.
+    for stale in (pair_dir, task.package_dir / "dicom" / pair.pair_id):
+        if stale.exists():
+            shutil.rmtree(stale)
     pair_dir.mkdir(parents=True, exist_ok=True)
     record = ProvenanceRecord(job_id=task.job_id, person_pseudonym=task.person)
     _seed_record(record, task, pair)
@@ -300,7 +309,7 @@ def _prepare_pair(
 
     clock = time.perf_counter()
     change_info, change_outputs, status, reason = _detect_change(
-        pair, current, registered, registration, pair_dir=pair_dir,
+        pair, current, registered, registration, prior_image=prior.image, pair_dir=pair_dir,
         settings=settings, model_loader=model_loader,
         dicom_dir=task.package_dir / "dicom" / pair.pair_id, pseudonym=task.person)
     timings["change_s"] = time.perf_counter() - clock
@@ -345,7 +354,19 @@ def _prepare_pair(
         used_instances=(_used_instances(pair.current, current)
                         + _used_instances(pair.prior, prior)),
         artifacts_dir=str(pair_dir), provenance=record.to_dict(),
-        rejected_files=current_info["rejected_files"] + prior_info["rejected_files"])
+        rejected_files=current_info["rejected_files"] + prior_info["rejected_files"],
+        unused_files=_unused_files(pair.current, current) + _unused_files(pair.prior, prior))
+
+
+def _prior_coverage(current: Any, prior: Any, transform: Any) -> np.ndarray:
+    """Return a (z, y, x) boolean mask of the current grid that the prior covers."""
+    import SimpleITK as sitk
+
+    ones = sitk.Image(prior.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(prior)
+    covered = sitk.Resample(ones, current, transform, sitk.sitkNearestNeighbor, 0,
+                            sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(covered).astype(bool)
 
 
 def _single_transform(registration: Any) -> Any:
@@ -365,7 +386,7 @@ def _single_transform(registration: Any) -> Any:
 
 
 def _detect_change(pair: PairTask, current: Any, registered: Any, registration: Any, *,
-                   pair_dir: Path, settings: Settings,
+                   prior_image: Any, pair_dir: Path, settings: Settings,
                    model_loader: Callable[[], Any] | None,
                    dicom_dir: Path, pseudonym: str,
                    ) -> tuple[dict[str, Any], dict[str, str], str, str]:
@@ -382,6 +403,9 @@ def _detect_change(pair: PairTask, current: Any, registered: Any, registration: 
 
     current_array = sitk.GetArrayFromImage(current.image).astype(np.float32)
     prior_array = sitk.GetArrayFromImage(registered).astype(np.float32)
+    # Change is only assessable where the prior has data: outside its field of view
+    # the resampled prior holds the fill value, which would read as new tissue.
+    overlap = _prior_coverage(current.image, prior_image, registration.transform)
     sx, sy, sz = (float(value) for value in current.image.GetSpacing())
     spacing = (sx, sy, sz)
     modality = pair.current.modality
@@ -408,6 +432,9 @@ def _detect_change(pair: PairTask, current: Any, registered: Any, registration: 
         if model is not None:
             info.update({"bundle": model.name, "version": model.version,
                          "weights_sha256": model.weights_sha256})
+    output.labels[~overlap] = 0
+    output.probability[~overlap] = 0.0
+    output.parameters["assessed_fraction_of_current"] = round(float(overlap.mean()), 4)
 
     from priors.change import summarize_lesions
 
@@ -492,6 +519,19 @@ def _digest_of(series: SeriesRef, volume: Any) -> str:
                                   f"{ref.sop_instance_uid} has no pixel hash")
             hashes[ref.sop_instance_uid] = value
     return series_digest(hashes)
+
+
+def _unused_files(series: SeriesRef, volume: Any) -> list[dict[str, str]]:
+    """Return the series' files that are not in the volume used for the pair."""
+    used = set(volume.paths)
+    return [{"location": ref.location, "reason": unused_reason(series.series_instance_uid)}
+            for ref in series.instances if ref.location not in used]
+
+
+def unused_reason(series_instance_uid: str) -> str:
+    """Return the reason given to a file of a paired series left out of its volume."""
+    return (f"not in the volume built from series {series_instance_uid} for the pair "
+            "(another stack of the series was used)")
 
 
 def _used_instances(series: SeriesRef, volume: Any) -> list[dict[str, Any]]:

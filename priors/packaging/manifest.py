@@ -146,7 +146,7 @@ def _pair_entry(position: int, pair: Mapping[str, Any]) -> dict[str, Any]:
         "change": jsonable(pair.get("change") or {}),
         "paths": paths,
     }
-    for optional in ("pair_key", "mlflow_run_id"):
+    for optional in ("pair_key", "mlflow_run_id", "status", "reason"):
         if pair.get(optional):
             entry[optional] = str(pair[optional])
     if pair.get("prior_study_date"):

@@ -80,6 +80,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "pair_key": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                     "mlflow_run_id": {"type": "string"},
+                    "status": {"type": "string"},
+                    "reason": {"type": "string"},
                     "current_series_instance_uid": _UID,
                     "prior": {
                         "type": "object",
