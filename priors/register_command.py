@@ -244,6 +244,20 @@ def _rotation_deg(matrix: np.ndarray) -> float:
     return float(np.degrees(np.arccos(cosine)))
 
 
+def _movement(report: dict) -> str:
+    """Describe the transform by what it does to the current's body, for the summary line."""
+    shift, moved = report["body_shift_mm"], report["body_displacement_mm"]
+    figures = [*shift, moved["p95"], moved["max"]]
+    if not all(isinstance(v, float) and np.isfinite(v) for v in figures):
+        translation = ", ".join(f"{value:+.2f}" for value in report["translation_mm"])
+        return f"origin shift ({translation}) mm LPS, rotation {report['rotation_deg']:.2f} deg"
+    centre = ", ".join(f"{value:+.2f}" for value in shift)
+    return (
+        f"body centre shift ({centre}) mm LPS, rotation {report['rotation_deg']:.2f} deg, "
+        f"body points moved {moved['p95']:.2f} mm (p95), {moved['max']:.2f} mm (max)"
+    )
+
+
 def _versions() -> dict[str, str]:
     return {
         "priors": __version__,
@@ -339,7 +353,15 @@ def run_register(
         "prior_modality": prior_modality,
         "matrix_lps": result.matrix_lps,
         "matrix_convention": "4 x 4, LPS mm, maps current-scan points to prior-scan points",
+        # The shift of the LPS origin, which may lie far outside the body.
         "translation_mm": matrix[:3, 3].tolist(),
+        "translation_convention": "shift of the LPS origin (0, 0, 0); see body_shift_mm",
+        "body_shift_mm": [
+            result.metrics.get(f"body_centroid_shift_mm_{axis}") for axis in "xyz"
+        ],
+        "body_displacement_mm": {
+            key: result.metrics.get(f"body_displacement_mm_{key}") for key in ("mean", "p95", "max")
+        },
         "rotation_deg": _rotation_deg(matrix),
         "verdict": result.verdict,
         "reason": result.reason,
@@ -360,11 +382,7 @@ def run_register(
     text = json.dumps(report, indent=2, default=_json_ready, ensure_ascii=False)
     (out_dir / REPORT_FILE).write_text(text + "\n", encoding="utf-8")
 
-    translation = ", ".join(f"{value:+.2f}" for value in report["translation_mm"])
-    print(
-        f"verdict: {result.verdict}; translation ({translation}) mm LPS, rotation "
-        f"{report['rotation_deg']:.2f} deg; outputs in {out_dir}"
-    )
+    print(f"verdict: {result.verdict}; {_movement(report)}; outputs in {out_dir}")
     if not result.passed:
         print(
             f"priors: the registration ran but failed its quality checks: {result.reason}",

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Starting a head and its dashboard takes about 10 s here; the job itself about 30 s.
 SUBMIT_TIMEOUT_S = 600
+AGENT_WAIT_ATTEMPTS = 24
+AGENT_WAIT_S = 5
 
 
 def _free_port() -> int:
@@ -50,7 +53,6 @@ def ray_head(tmp_path):
 
 def _stop_processes_mentioning(text: str) -> None:
     import signal
-    import time
 
     def matching() -> list[int]:
         pids = []
@@ -90,8 +92,14 @@ def test_ray_job_submit_prepares_pairs(ray_head, tmp_path):
                "--runtime-env-json", json.dumps(runtime_env), "--",
                sys.executable, "jobs/prepare_priors.py", *sources,
                "--out", str(tmp_path / "out"), "--report", str(report_path)]
-    result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=SUBMIT_TIMEOUT_S)
+    # The head answers before its dashboard agent can take jobs; Ray says so with
+    # "No available agent" and asks to retry.
+    for _ in range(AGENT_WAIT_ATTEMPTS):
+        result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=SUBMIT_TIMEOUT_S)
+        if "No available agent" not in result.stdout + result.stderr:
+            break
+        time.sleep(AGENT_WAIT_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr
 

@@ -9,6 +9,7 @@ from priors.registration.presets import RegistrationOptions
 
 __all__ = [
     "QUALITY_BINS",
+    "body_displacement_mm",
     "judge",
     "level_shift_ncc",
     "overlap_fraction",
@@ -53,6 +54,56 @@ def overlap_fraction(
     prior_mm3 = np.count_nonzero(sitk.GetArrayViewFromImage(prior_mask)) * _voxel_volume(prior_mask)
     smaller = min(current_mm3, prior_mm3)
     return float(overlap_mm3 / smaller) if smaller > 0 else 0.0
+
+
+def body_displacement_mm(transform: sitk.Transform, mask: sitk.Image) -> dict[str, float]:
+    """Measure how far ``transform`` moves the points of a body, mm.
+
+    The translation of the 4 x 4 matrix is the shift of the LPS origin, which can lie
+    far from the body: 700 to 780 mm below the head phantom of the tilted CT pair,
+    where a turn of 0.11 deg about left-right moved the origin 2.1 mm front to back
+    while no point of the phantom moved more than 1 mm. These figures describe the
+    body itself.
+
+    Parameters
+    ----------
+    transform
+        Maps current points to prior points.
+    mask
+        Body mask of the current volume (any grid); its voxel centres are the points.
+
+    Returns
+    -------
+    dict
+        ``body_displacement_mm_mean``, ``_p95`` and ``_max`` of |T(p) - p| over the
+        mask, and ``body_centroid_shift_mm_{x,y,z}``, T(c) - c at the mask's centroid
+        (LPS). NaN when the mask is empty.
+    """
+    inside = sitk.GetArrayViewFromImage(mask) > 0
+    keys = ("mean", "p95", "max")
+    if not inside.any():
+        return {f"body_displacement_mm_{k}": np.nan for k in keys} | {
+            f"body_centroid_shift_mm_{axis}": np.nan for axis in "xyz"
+        }
+    # T(p) - p at every voxel centre of the mask grid, for any transform class.
+    field = sitk.TransformToDisplacementField(
+        transform,
+        sitk.sitkVectorFloat64,
+        mask.GetSize(),
+        mask.GetOrigin(),
+        mask.GetSpacing(),
+        mask.GetDirection(),
+    )
+    displacement = sitk.GetArrayViewFromImage(field)[inside]
+    distance = np.linalg.norm(displacement, axis=1)
+    indices = np.argwhere(inside)[:, ::-1].mean(axis=0)
+    centroid = mask.TransformContinuousIndexToPhysicalPoint(indices.tolist())
+    shift = np.subtract(transform.TransformPoint(centroid), centroid)
+    return {
+        "body_displacement_mm_mean": float(distance.mean()),
+        "body_displacement_mm_p95": float(np.percentile(distance, 95)),
+        "body_displacement_mm_max": float(distance.max()),
+    } | {f"body_centroid_shift_mm_{axis}": float(v) for axis, v in zip("xyz", shift, strict=True)}
 
 
 def similarity_in_overlap(

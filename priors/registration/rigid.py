@@ -27,6 +27,7 @@ from priors.registration import _levels, slab
 from priors.registration.masks import body_mask, metric_mask
 from priors.registration.presets import RegistrationOptions, preset
 from priors.registration.quality import (
+    body_displacement_mm,
     judge,
     level_shift_ncc,
     overlap_fraction,
@@ -642,6 +643,7 @@ def _finish(
     )
     metrics["overlap_fraction"] = overlap_fraction(masks.current, masks.prior, transform)
     metrics |= similarity_in_overlap(current, prior, masks.current, masks.prior, transform)
+    metrics |= body_displacement_mm(transform, masks.current)
     if ambiguity is None:
         ambiguity = _find_ambiguity(converged, best, options)
     else:
