@@ -41,7 +41,12 @@ def ray_head(tmp_path):
     start = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
              "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
              "--dashboard-port", str(dashboard_port), "--num-cpus", "2",
-             "--include-dashboard", "true", "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+             "--include-dashboard", "true", "--temp-dir", str(temp_dir), "--disable-usage-stats",
+             # The suite's own local Ray already holds the default agent ports.
+             "--dashboard-agent-listen-port", str(_free_port()),
+             "--dashboard-agent-grpc-port", str(_free_port()),
+             "--runtime-env-agent-port", str(_free_port()),
+             "--metrics-export-port", str(_free_port())]
     subprocess.run(start, check=True, env=env, cwd=REPO_ROOT, capture_output=True, timeout=180)
     try:
         yield env, f"http://127.0.0.1:{dashboard_port}"
