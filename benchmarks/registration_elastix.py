@@ -105,7 +105,9 @@ def _ct_volume(to_phantom: sitk.Transform | None, seed: int) -> sitk.Image:
     anatomy = Anatomy()
     values = np.empty(len(points), dtype=np.float32)
     for start in range(0, len(points), SAMPLE_CHUNK):
-        values[start : start + SAMPLE_CHUNK] = sample_hu(anatomy, points[start : start + SAMPLE_CHUNK])
+        values[start : start + SAMPLE_CHUNK] = sample_hu(
+            anatomy, points[start : start + SAMPLE_CHUNK]
+        )
     values += np.random.default_rng(seed).normal(0.0, CT_NOISE_HU, len(values)).astype(np.float32)
     image = sitk.GetImageFromArray(np.rint(values).astype(np.int16).reshape(CT_SIZE[::-1]))
     image.CopyInformation(grid)
@@ -125,11 +127,14 @@ def _matrix(transform: sitk.Transform) -> np.ndarray:
 def synthetic_ct_pair(folder: Path) -> tuple[Path, Path, sitk.Transform, str]:
     """Write the synthetic CT pair; return the paths, the true transform and the modality."""
     true = _true_transform()
+    paths = folder / "ct_current.nii", folder / "ct_prior.nii"
+    if all(path.is_file() for path in paths):
+        # Written by an earlier run with --keep: the phantom and the motion are fixed.
+        return *paths, true, "CT"
     current = _ct_volume(None, seed=1)
     # The prior's value at q is the phantom at T_true^-1(q), so T_true maps current
     # points to the prior points showing the same anatomy.
     prior = _ct_volume(true.GetInverse(), seed=2)
-    paths = folder / "ct_current.nii", folder / "ct_prior.nii"
     sitk.WriteImage(current, str(paths[0]))
     sitk.WriteImage(prior, str(paths[1]))
     return *paths, true, "CT"
@@ -185,7 +190,9 @@ def run_priors(current: Path, prior: Path, modality: str, out: Path) -> tuple[di
     """Run ``priors register`` as a whole command and read its transform."""
     env = os.environ | {"PRIORS_REGISTRATION__THREADS": str(THREADS)}
     command = [str(PRIORS), "register", str(current), str(prior), "--out", str(out)]
-    figures = _timed(command + ["--modality-pair", f"{modality}-{modality}"], env, out.with_suffix(".log"))
+    figures = _timed(
+        command + ["--modality-pair", f"{modality}-{modality}"], env, out.with_suffix(".log")
+    )
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     figures |= {"verdict": report["verdict"], "threads": report["threads"]}
     transform = sitk.AffineTransform(3)
@@ -301,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", nargs="+", default=["synthetic-ct", "table-moved"])
     parser.add_argument("--shared-data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
-    parser.add_argument("--keep", type=Path, help="keep the inputs and outputs in this folder")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the inputs and outputs in this folder (and reuse its synthetic CT pair)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("elastix") is None:
         print("elastix not found: apt-get install elastix", file=sys.stderr)
@@ -329,8 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'pair':13s} {'tool':8s} {'wall s':>8s} {'peak MiB':>9s} {'TRE p95':>8s} "
-          f"{'TRE max':>8s}  verdict")
+    print(
+        f"\n{'pair':13s} {'tool':8s} {'wall s':>8s} {'peak MiB':>9s} {'TRE p95':>8s} "
+        f"{'TRE max':>8s}  verdict"
+    )
     print("\n".join(rows))
     print("\nratios priors / elastix:")
     for pair, tools in results.items():

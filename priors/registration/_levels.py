@@ -31,6 +31,29 @@ OVERLAP_ERROR_MARKERS = ("joint pdf summed to zero", "samples map outside", "suf
 SAMPLES_PER_BIN = 100
 MIN_HISTOGRAM_BINS = 8
 
+# Levels larger than this (voxels) get image gradients at the sampled points only, by
+# central differences, instead of ITK's default smoothed gradient image of every voxel,
+# built anew at every level and start. On a 512 x 512 x 200 CT (52 M voxels) 5
+# iterations took 11.6 s with gradient images and 0.7 s without. On the noisy MR phantom
+# of the table-moved pair (0.3 M voxels) central differences ended 0.8 mm off instead of
+# 0.2 mm, so small levels, where the image costs little, keep it.
+GRADIENT_IMAGE_MAX_VOXELS = 4_000_000
+
+# Step of the single iteration with which ``evaluate`` reads the metric, mm: far
+# below any figure a caller compares, so the value is the metric at the start.
+EVALUATION_STEP_MM = 1e-9
+
+
+# Volumes of more than this many voxels (a 512 x 512 x 16 CT) are shrunk before they
+# are smoothed, because a Gaussian of every voxel of a 512 x 512 x 200 CT took 2.5 s
+# per level and volume. Their metric also runs on voxels of at least
+# LARGE_IMAGE_MIN_LEVEL_MM, because a 52 M voxel level spent more time on cache misses
+# than a 13 M voxel one (40 iterations, 100,000 samples: 3.9 s against 2.8 s). A
+# 1.5 mm level still gave TRE p95 0.11 mm on that CT. Resampling and the quality
+# figures use the volumes as given.
+LARGE_IMAGE_VOXELS = 4_000_000
+LARGE_IMAGE_MIN_LEVEL_MM = 1.5
+
 
 class OverlapError(RuntimeError):
     """Too few metric samples fall where both images (and masks) have data."""
@@ -46,16 +69,30 @@ class Level:
 
 
 def build_pyramid(image: sitk.Image, options: RegistrationOptions) -> list[Level]:
-    """Smooth and shrink ``image`` for each level, coarsest first."""
+    """Smooth and shrink ``image`` for each level, coarsest first.
+
+    Level k targets voxels of ``options.shrink_factors[k]`` times the finest spacing.
+    A volume of more than ``LARGE_IMAGE_VOXELS`` voxels is shrunk before it is
+    smoothed. Its levels count from ``LARGE_IMAGE_MIN_LEVEL_MM`` when that is
+    coarser than its finest spacing: 6, 3 and 1.5 mm with the default factors 4, 2
+    and 1, so no two levels share a grid.
+    """
     image = sitk.Cast(image, sitk.sitkFloat32)
+    large = image.GetNumberOfPixels() > LARGE_IMAGE_VOXELS
     finest = min(image.GetSpacing())
+    if large:
+        finest = max(finest, LARGE_IMAGE_MIN_LEVEL_MM)
     levels = []
     for factor, sigma in zip(options.shrink_factors, options.smoothing_sigmas_mm, strict=True):
         target = factor * finest
         factors = tuple(max(1, int(round(target / s))) for s in image.GetSpacing())
-        smoothed = sitk.SmoothingRecursiveGaussian(image, sigma) if sigma > 0 else image
-        shrunk = sitk.BinShrink(smoothed, factors) if max(factors) > 1 else smoothed
-        levels.append(Level(shrunk, factors, float(sigma)))
+        if large:
+            shrunk = sitk.BinShrink(image, factors) if max(factors) > 1 else image
+            level = sitk.SmoothingRecursiveGaussian(shrunk, sigma) if sigma > 0 else shrunk
+        else:
+            smoothed = sitk.SmoothingRecursiveGaussian(image, sigma) if sigma > 0 else image
+            level = sitk.BinShrink(smoothed, factors) if max(factors) > 1 else smoothed
+        levels.append(Level(level, factors, float(sigma)))
     return levels
 
 
@@ -90,10 +127,16 @@ def histogram_bins(samples: float, options: RegistrationOptions) -> int:
     return max(MIN_HISTOGRAM_BINS, min(options.histogram_bins, affordable))
 
 
+def uses_gradient_image(image: sitk.Image) -> bool:
+    """Return whether the metric gets a whole gradient image of ``image`` (small levels)."""
+    return image.GetNumberOfPixels() <= GRADIENT_IMAGE_MAX_VOXELS
+
+
 def configure(
     fixed: sitk.Image,
     options: RegistrationOptions,
     *,
+    moving: sitk.Image,
     fixed_mask: sitk.Image,
     moving_mask: sitk.Image | None,
     learning_rate: float,
@@ -116,6 +159,8 @@ def configure(
     if moving_mask is not None:
         method.SetMetricMovingMask(moving_mask)
     method.SetInterpolator(sitk.sitkLinear)
+    method.SetMetricUseFixedImageGradientFilter(uses_gradient_image(fixed))
+    method.SetMetricUseMovingImageGradientFilter(uses_gradient_image(moving))
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=learning_rate,
         minStep=options.min_step,
@@ -157,16 +202,33 @@ def evaluate(
     OverlapError
         When ITK finds too few samples inside both images.
     """
+    # MetricEvaluate would use every voxel (4 s on a 512 x 512 x 200 CT) instead of
+    # the optimiser's samples. One iteration with a negligible step reports the metric
+    # at the start, on the same random samples as ``optimise``.
     method = configure(
-        fixed, options, fixed_mask=fixed_mask, moving_mask=moving_mask, learning_rate=1.0
+        fixed,
+        options,
+        moving=moving,
+        fixed_mask=fixed_mask,
+        moving_mask=moving_mask,
+        learning_rate=EVALUATION_STEP_MM,
     )
-    method.SetInitialTransform(transform, inPlace=False)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=EVALUATION_STEP_MM,
+        minStep=EVALUATION_STEP_MM / 10.0,
+        numberOfIterations=1,
+        relaxationFactor=options.relaxation_factor,
+        gradientMagnitudeTolerance=0.0,
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetInitialTransform(transform.__class__(transform), inPlace=True)
     try:
-        return float(method.MetricEvaluate(fixed, moving))
+        method.Execute(fixed, moving)
     except RuntimeError as err:
         if _is_overlap_error(err):
             raise _overlap_error(err) from err
         raise
+    return float(method.GetMetricValue())
 
 
 def optimise(
@@ -200,6 +262,7 @@ def optimise(
         method = configure(
             fixed.image,
             options,
+            moving=moving.image,
             fixed_mask=fixed_mask,
             moving_mask=moving_mask,
             learning_rate=learning_rate,

@@ -60,10 +60,10 @@ def body_displacement_mm(transform: sitk.Transform, mask: sitk.Image) -> dict[st
     """Measure how far ``transform`` moves the points of a body, mm.
 
     The translation of the 4 x 4 matrix is the shift of the LPS origin, which can lie
-    far from the body: 700 to 780 mm below the head phantom of the tilted CT pair,
-    where a turn of 0.11 deg about left-right moved the origin 2.1 mm front to back
-    while no point of the phantom moved more than 1 mm. These figures describe the
-    body itself.
+    far from the body. In the tilted CT phantom pair the origin lies 700 to 780 mm
+    below the phantom. There a turn of 0.11 deg about left-right moved the origin
+    2.1 mm front to back, while no point of the phantom moved more than 1 mm. These
+    figures describe the body itself.
 
     Parameters
     ----------
