@@ -5,9 +5,10 @@ Run it with a local Ray::
     python jobs/prepare_priors.py SOURCE... --out DIR
     python jobs/prepare_priors.py --demo
 
-or against a running Ray head::
+or against a running Ray head whose nodes have priors installed::
 
-    ray job submit --working-dir . -- python jobs/prepare_priors.py SOURCE... --out DIR
+    ray job submit --address http://127.0.0.1:8265 -- \
+        python jobs/prepare_priors.py SOURCE... --out DIR
 
 It runs the same code as ``priors prepare``: Ray workers compute each person's pairs
 and this driver writes the catalog and MLflow.
@@ -23,7 +24,7 @@ from pathlib import Path
 # Lets `python jobs/prepare_priors.py` work from a checkout without installing priors.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from priors.cli import main as cli_main  # noqa: E402
+from priors.cli import main as cli_main
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -181,9 +181,10 @@ def prepare_person(
     settings
         Registration and change-detection settings.
     model_loader
-        Returns the loaded change model (a ``priors.change.ChangeModel``); called at
-        most once, and only when a pair is in the model's scope. A Ray actor passes
-        the model it loaded at start-up.
+        Returns the loaded change model (a ``priors.change.ChangeModel``), or None
+        when there is none. It is called for every pair that passes registration, so
+        it should load once and then return the same model, as the Ray actors'
+        loader does.
     """
     from priors.dicom.volume import build_volumes
 

@@ -55,7 +55,7 @@ class _Entry:
 
 @dataclass
 class JobPlan:
-    """What the driver decided before any pixel was read."""
+    """The driver's decisions before any pixel is read: sources, persons and pairs."""
 
     job_id: str
     catalog: Any
