@@ -232,7 +232,7 @@ def _run_ingest(args: argparse.Namespace, settings) -> int:
         if not resolved.exists():
             raise FileNotFoundError(f"source {path} does not exist")
         sources.append(open_source(resolved, issuer=issuers.get(str(resolved), "")))
-    # The catalog holds identifiers, so a home folder priors creates is private.
+    # The catalog contains identifiers, so a home folder priors creates is private.
     Path(settings.home).mkdir(parents=True, exist_ok=True, mode=0o700)
     catalog = Catalog(settings.catalog_url)
     report = catalog.ingest(sources, workers=args.workers, progress=sys.stderr.isatty())

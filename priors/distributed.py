@@ -1,7 +1,7 @@
 """The driver of a prepare job: plan, fan out per person on Ray, log, report.
 
 Ray workers run :func:`priors.pipeline.prepare_person` and return its results; this
-driver alone writes the catalog and MLflow, so SQLite never sees two writers. Each
+driver alone writes the catalog and MLflow, so SQLite never has two writers. Each
 worker is an actor that loads the change model once and keeps it.
 """
 

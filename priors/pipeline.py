@@ -405,7 +405,7 @@ def _detect_change(pair: PairTask, current: Any, registered: Any, registration: 
     current_array = sitk.GetArrayFromImage(current.image).astype(np.float32)
     prior_array = sitk.GetArrayFromImage(registered).astype(np.float32)
     # Change is only assessable where the prior has data: outside its field of view
-    # the resampled prior holds the fill value, which would read as new tissue.
+    # the resampled prior contains the fill value, which would read as new tissue.
     overlap = _prior_coverage(current.image, prior_image, registration.transform)
     sx, sy, sz = (float(value) for value in current.image.GetSpacing())
     spacing = (sx, sy, sz)

@@ -195,7 +195,7 @@ def gather_people(
             raise FileNotFoundError(f"source {path} does not exist")
         resolved = path.resolve()
         sources.append(open_source(resolved, issuer=issuers.get(str(resolved), "")))
-    # The catalog holds identifiers, so a home folder priors creates is private.
+    # The catalog contains identifiers, so a home folder priors creates is private.
     Path(settings.home).mkdir(parents=True, exist_ok=True, mode=0o700)
     catalog = Catalog(settings.catalog_url)
     ingest = catalog.ingest(sources, workers=2)

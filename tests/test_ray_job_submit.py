@@ -42,7 +42,7 @@ def ray_head(tmp_path):
              "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
              "--dashboard-port", str(dashboard_port), "--num-cpus", "2",
              "--include-dashboard", "true", "--temp-dir", str(temp_dir), "--disable-usage-stats",
-             # The suite's own local Ray already holds the default agent ports.
+             # The suite's own local Ray already uses the default agent ports.
              "--dashboard-agent-listen-port", str(_free_port()),
              "--dashboard-agent-grpc-port", str(_free_port()),
              "--runtime-env-agent-port", str(_free_port()),
@@ -97,8 +97,8 @@ def test_ray_job_submit_prepares_pairs(ray_head, tmp_path):
                "--runtime-env-json", json.dumps(runtime_env), "--",
                sys.executable, "jobs/prepare_priors.py", *sources,
                "--out", str(tmp_path / "out"), "--report", str(report_path)]
-    # The head answers before its dashboard agent can take jobs; Ray says so with
-    # "No available agent" and asks to retry.
+    # The head accepts connections before its dashboard agent can take jobs, and Ray
+    # then rejects the submission with "No available agent", asking for a retry.
     for _ in range(AGENT_WAIT_ATTEMPTS):
         result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True,
                                 text=True, timeout=SUBMIT_TIMEOUT_S)
