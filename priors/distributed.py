@@ -17,6 +17,7 @@ from typing import Any
 
 from priors.config import Settings
 from priors.pipeline import FAILED, SKIPPED, PersonResult, PersonTask, unused_reason
+from priors.planning import resolve_bundle_dir
 from priors.report import JobReport
 
 __all__ = ["resolve_bundle_dir", "run_demo", "run_prepare_job"]
@@ -24,15 +25,6 @@ __all__ = ["resolve_bundle_dir", "run_demo", "run_prepare_job"]
 log = logging.getLogger(__name__)
 
 REGISTERED_MODEL_NAME = "priors-ct-chest-change"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def resolve_bundle_dir(settings: Settings) -> Path:
-    """Return the model bundle folder: as configured, else relative to the repository."""
-    configured = Path(settings.change.bundle).expanduser()
-    if configured.is_absolute() or configured.exists():
-        return configured.resolve()
-    return (REPO_ROOT / configured).resolve()
 
 
 def run_demo(

@@ -9,6 +9,7 @@ context package's ``manifest.json``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 from collections import defaultdict
@@ -33,10 +34,13 @@ __all__ = [
     "account_job",
     "gather_people",
     "plan_job",
+    "resolve_bundle_dir",
     "write_package_manifest",
 ]
 
 log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Outcome reasons the job gives to valid instances it did not use.
 REASON_DUPLICATE = "duplicate copy of an instance read from another location"
@@ -263,21 +267,43 @@ def _model_version_for(series: SeriesRef, settings: Settings) -> str:
     The key names the bundle's weights for pairs in the model's declared scope and
     the baseline for the others, as the worker will decide.
     """
+    name, version, weights, scope = _bundle_identity(str(resolve_bundle_dir(settings)))
+    modalities, regions = scope
+    if series.modality.upper() in modalities and series.body_part.upper() in regions:
+        return f"{name}:{version}:{weights[:16]}"
+    return "baseline"
+
+
+@functools.lru_cache(maxsize=4)
+def _bundle_identity(bundle_dir: str) -> tuple[str, str, str, tuple[frozenset, frozenset]]:
+    """Read a bundle's name, version, weights SHA-256 and scope once per job process.
+
+    The weights are hashed from the file, so retrained weights change every pair key
+    even when the metadata was not updated.
+    """
     import json
 
-    from priors.distributed import resolve_bundle_dir
+    from priors.provenance.digests import file_sha256
 
-    metadata_path = resolve_bundle_dir(settings) / "configs" / "metadata.json"
-    if not metadata_path.is_file():
-        return "baseline"
+    root = Path(bundle_dir)
+    metadata_path = root / "configs" / "metadata.json"
+    weights_path = root / "models" / "model.pt"
+    if not metadata_path.is_file() or not weights_path.is_file():
+        return "baseline", "", "", (frozenset(), frozenset())
     metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
     scope = metadata.get("scope", {})
-    modalities = {value.upper() for value in scope.get("modalities", [])}
-    regions = {value.upper() for value in scope.get("body_regions", [])}
-    if series.modality.upper() in modalities and series.body_part.upper() in regions:
-        weights = metadata.get("weights_sha256", "")
-        return f"{metadata.get('name', 'model')}:{metadata.get('version', '')}:{weights[:16]}"
-    return "baseline"
+    modalities = frozenset(value.upper() for value in scope.get("modalities", []))
+    regions = frozenset(value.upper() for value in scope.get("body_regions", []))
+    return (str(metadata.get("name", "model")), str(metadata.get("version", "")),
+            file_sha256(weights_path), (modalities, regions))
+
+
+def resolve_bundle_dir(settings: Settings) -> Path:
+    """Return the model bundle folder: as configured, else relative to the repository."""
+    configured = Path(settings.change.bundle).expanduser()
+    if configured.is_absolute() or configured.exists():
+        return configured.resolve()
+    return (REPO_ROOT / configured).resolve()
 
 
 def _series_ref(info: Any, study: Any, rows_by_series: Mapping[str, list[Any]]) -> SeriesRef:
@@ -465,13 +491,8 @@ def _decision_row(decision: Any) -> dict[str, Any]:
 
 
 def _instances_of_sources(catalog: Any, source_ids: Sequence[str]) -> list[Any]:
-    """Return the valid instance locations that the job's sources hold."""
-    wanted = set(source_ids)
-    rows: list[Any] = []
-    for series in catalog.series():
-        rows.extend(row for row in catalog.instances(series.series_instance_uid)
-                    if row.source_id in wanted)
-    return rows
+    """Return the valid instance locations that the job's sources contain."""
+    return catalog.instances_of_sources(source_ids)
 
 
 def _store_job_outcomes(plan: JobPlan, outcomes: Sequence[tuple[str, str, str]],

@@ -73,7 +73,9 @@ def test_json_merged_history(
     assert len(person["records"]) == 2
     for record in person["records"]:
         assert set(record) >= {"issuer", "patient_id_pseudonym", "source"}
-        assert record["issuer"] and record["patient_id_pseudonym"] and record["source"]
+        assert record["issuer"]
+        assert record["patient_id_pseudonym"]
+        assert record["source"]
     assert len({r["patient_id_pseudonym"] for r in person["records"]}) == 2
 
     assert len(person["links"]) == 1
@@ -140,16 +142,19 @@ def test_table_and_explain(
     # The re-imported study lists 5 series and one duplicate UID set.
     assert rows["2018-01-07"].split()[-2:] == ["5", "1"]
     assert rows["2018-01-13"].split()[-2:] == ["4", "0"]
-    assert "MR" in rows["2018-01-07"] and "LSPINE" in rows["2018-01-07"]
+    assert "MR" in rows["2018-01-07"]
+    assert "LSPINE" in rows["2018-01-07"]
 
     rejection = next(line for line in out.splitlines() if "series 3001" in line)
-    assert "rejected" in rejection and "locator" in rejection
+    assert "rejected" in rejection
+    assert "locator" in rejection
     chosen = [
         line
         for line in out.splitlines()
         if "chosen" in line and "current series 4001 with prior series 6" in line
     ]
-    assert len(chosen) == 1 and "T2" in chosen[0]
+    assert len(chosen) == 1
+    assert "T2" in chosen[0]
     for value in identifiers:
         assert value not in out
 

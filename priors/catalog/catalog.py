@@ -332,6 +332,18 @@ class Catalog:
         return self._instance_rows(query.order_by(InstanceModel.sop_instance_uid,
                                                   InstanceModel.id))
 
+    def instances_of_sources(self, source_ids: Iterable[str]) -> list[InstanceRow]:
+        """Return every valid instance location of these sources in one query.
+
+        Locations rejected for conflicting pixel data are left out.
+        """
+        query = select(InstanceModel).where(
+            InstanceModel.source_id.in_(list(source_ids)),
+            InstanceModel.outcome != OUTCOME_REJECTED,
+        )
+        return self._instance_rows(query.order_by(InstanceModel.sop_instance_uid,
+                                                  InstanceModel.id))
+
     def instances_by_uid(self, sop_instance_uid: str) -> list[InstanceRow]:
         """Return every location of a SOP Instance UID, conflicting ones included."""
         query = select(InstanceModel).where(

@@ -78,7 +78,7 @@ class SourceIssue:
 
 @runtime_checkable
 class Source(Protocol):
-    """A place that holds DICOM instances: a folder, removable media or a PACS."""
+    """A place that contains DICOM instances: a folder, removable media or a PACS."""
 
     source_id: str
     issuer: str
