@@ -51,3 +51,30 @@ def ray_session():
                  configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """Start one PostgreSQL server on 127.0.0.1 for the session (skip when not installed)."""
+    from postgres_server import PostgresServer, require_postgres
+
+    server = PostgresServer(require_postgres())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """Return the URL of an empty catalog database: an SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.db'}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    import secrets
+
+    name = f"catalog_{secrets.token_hex(6)}"
+    yield server.create_database(name)
+    server.drop_database(name)

@@ -8,24 +8,29 @@ file, the tag and the value found.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import stat
 from dataclasses import dataclass
 
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import MediaStorageDirectoryStorage
 
 from priors.dicom.hashing import PixelDataError, file_sha256, pixel_sha256_from_dataset
 from priors.dicom.header import (
     InstanceHeader,
+    attribute_value,
     dataset_transfer_syntax,
     find_truncation,
     header_from_dataset,
     missing_uids,
     read_dataset,
 )
-from priors.dicom.sniff import DICOM_RAW, NOT_DICOM, sniff
+from priors.dicom.sniff import DICOM_RAW, NOT_DICOM, SNIFF_BYTES, sniff_bytes
 from priors.sources.base import ROLE_ARCHIVE, ROLE_DICOMDIR
 
 __all__ = ["FileResult", "examine_file"]
@@ -33,6 +38,10 @@ __all__ = ["FileResult", "examine_file"]
 logger = logging.getLogger(__name__)
 
 REASON_DICOMDIR = "DICOMDIR read as an index"
+# Files up to this size are read into memory once for both the hash and the parse,
+# which saves a second read of every typical single-frame instance. Larger files
+# (multi-frame, whole-body) are read twice rather than held in memory twice.
+SINGLE_READ_MAX_BYTES = 16 << 20
 REASON_ARCHIVE = "ZIP archive; its members are listed as files of their own"
 
 
@@ -82,7 +91,7 @@ def examine_file(path: str, role: str, error: str = "") -> FileResult:
         return result("skipped", "not DICOM: empty file (0 bytes)")
 
     try:
-        kind = sniff(path)
+        kind, data = _sniff_and_read(path)
     except OSError as err:
         return result("rejected", f"unreadable: {err.strerror or err}")
     if kind == NOT_DICOM:
@@ -94,13 +103,14 @@ def examine_file(path: str, role: str, error: str = "") -> FileResult:
     if role == ROLE_DICOMDIR:
         return result("skipped", REASON_DICOMDIR)
 
-    return _examine_dicom(path, raw=kind == DICOM_RAW, result=result)
+    return _examine_dicom(path, data, raw=kind == DICOM_RAW, result=result)
 
 
-def _examine_dicom(path: str, *, raw: bool, result) -> FileResult:  # type: ignore[no-untyped-def]
+def _examine_dicom(path: str, data: bytes | None, *, raw: bool, result) -> FileResult:  # type: ignore[no-untyped-def]
+    # ``data`` is the whole file, or None when it is over SINGLE_READ_MAX_BYTES.
     try:
-        digest = file_sha256(path)
-        ds = read_dataset(path, defer_size=None)
+        digest = file_sha256(path) if data is None else hashlib.sha256(data).hexdigest()
+        ds = read_dataset(path if data is None else io.BytesIO(data), defer_size=None)
     except OSError as err:
         return result("rejected", f"unreadable: {err.strerror or err}")
     except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as err:
@@ -108,7 +118,8 @@ def _examine_dicom(path: str, *, raw: bool, result) -> FileResult:  # type: igno
                       file_sha256=digest)
 
     file_meta = getattr(ds, "file_meta", None)
-    media_class = str(file_meta.get("MediaStorageSOPClassUID", "")) if file_meta else ""
+    media_class = (str(attribute_value(file_meta, "MediaStorageSOPClassUID") or "")
+                   if file_meta else "")
     if media_class == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
         return result("skipped", REASON_DICOMDIR, file_sha256=digest)
 
@@ -116,6 +127,8 @@ def _examine_dicom(path: str, *, raw: bool, result) -> FileResult:  # type: igno
     if truncation:
         return result("rejected", f"truncated: {truncation}", file_sha256=digest)
 
+    # Before the header is parsed: parsing converts the raw elements it touches.
+    implicit_tags = _implicit_vr_elements(ds)
     syntax = dataset_transfer_syntax(ds)
     header = header_from_dataset(ds, transfer_syntax_uid=syntax)
     missing = missing_uids(header)
@@ -130,10 +143,44 @@ def _examine_dicom(path: str, *, raw: bool, result) -> FileResult:  # type: igno
         return result("rejected", f"invalid pixel description: {type(err).__name__}: {err}",
                       file_sha256=digest)
 
-    reason = ""
+    notes: list[str] = []
     if raw:
-        reason = (f"no File Meta Information; read as a bare data set in transfer syntax "
-                  f"{syntax}")
+        notes.append(f"no File Meta Information; read as a bare data set in transfer syntax "
+                     f"{syntax}")
+    if implicit_tags:
+        notes.append(f"{', '.join(implicit_tags)} encoded in Implicit VR inside an Explicit "
+                     "VR data set; read with the VR of the data dictionary")
+    reason = "; ".join(notes)
+    if reason:
         logger.warning("%s: %s", path, reason)
     return result("indexed", reason, file_sha256=digest, pixel_sha256=pixel_digest,
                   header=header)
+
+
+def _sniff_and_read(path: str) -> tuple[str, bytes | None]:
+    # Returns the file's kind and, for a DICOM file up to SINGLE_READ_MAX_BYTES, its
+    # bytes, read with one open. A larger file is later hashed in blocks and parsed
+    # from disk, so that its bytes are not held twice. A non-DICOM file is read no
+    # further than its first SNIFF_BYTES.
+    with open(path, "rb") as stream:
+        head = stream.read(SNIFF_BYTES)
+        kind = sniff_bytes(head)
+        if kind == NOT_DICOM:
+            return kind, None
+        data = head + stream.read(SINGLE_READ_MAX_BYTES + 1 - len(head))
+    return kind, None if len(data) > SINGLE_READ_MAX_BYTES else data
+
+
+def _implicit_vr_elements(ds: Dataset) -> list[str]:
+    # pydicom reads an element whose VR bytes are not two letters as Implicit VR, and
+    # leaves its VR unset until the value is first used.
+    # NOTE: only top-level elements are checked; sequence items are parsed later.
+    implicit, _little_endian = getattr(ds, "original_encoding", (None, None))
+    if implicit is not False:
+        return []
+    tags: list[str] = []
+    # values() returns the elements as read, without converting them.
+    for element in ds.values():
+        if isinstance(element, RawDataElement) and element.VR is None:
+            tags.append(str(element.tag))
+    return tags

@@ -6,6 +6,7 @@ them. It stores no pixel data. Types are portable between SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
@@ -14,10 +15,12 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Dialect,
     ForeignKey,
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -39,6 +42,70 @@ __all__ = [
 # Text columns have no length limit: invalid files carry over-long UIDs and codes,
 # and the catalog stores what it reads. SHA-256 digests are hexadecimal.
 SHA256_LENGTH = 64
+# PostgreSQL text cannot contain U+0000, which a damaged DICOM value may carry. Every
+# dialect stores it as U+FFFD (the replacement character), so that SQLite and
+# PostgreSQL contain the same values.
+NUL = "\x00"
+NUL_REPLACEMENT = "\ufffd"
+# Byte-wise comparison, as SQLite's default BINARY collation does. A server's
+# linguistic collation (en_US) would sort "1.2.3.23" before "1.2.3.2.4".
+POSTGRESQL_COLLATION = "C"
+
+
+class CatalogText(TypeDecorator[str]):
+    """Text of any length, ordered byte-wise in every dialect, with U+0000 replaced.
+
+    Parameters
+    ----------
+    length
+        Maximum length, for fixed-size values such as SHA-256 digests; none by default.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, length: int | None = None) -> None:
+        super().__init__()
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        collation = POSTGRESQL_COLLATION if dialect.name == "postgresql" else None
+        if self.length is not None:
+            return dialect.type_descriptor(String(self.length, collation=collation))
+        return dialect.type_descriptor(Text(collation=collation))
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is not None and NUL in value:
+            return value.replace(NUL, NUL_REPLACEMENT)
+        return value
+
+
+class CatalogJSON(TypeDecorator[Any]):
+    """JSON with no NaN or infinity, which PostgreSQL's JSON type rejects.
+
+    A damaged (0018,0050) Slice Thickness or (0020,0032) Image Position (Patient) can
+    read as NaN or infinity. Such a number is stored as null, and a list containing one
+    as null in place of the list, because a position with one unknown coordinate is
+    no position. Every dialect stores the same, so results do not depend on it.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return _finite(value)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(item, float) and not math.isfinite(item) for item in value):
+            return None
+        return [_finite(item) for item in value]
+    return value
 
 
 class Base(DeclarativeBase):
@@ -50,11 +117,11 @@ class SourceModel(Base):
 
     __tablename__ = "sources"
 
-    source_id: Mapped[str] = mapped_column(String(), primary_key=True)
-    kind: Mapped[str] = mapped_column(String())
-    root: Mapped[str] = mapped_column(Text, default="")
-    issuer: Mapped[str] = mapped_column(String(), default="")
-    description: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    source_id: Mapped[str] = mapped_column(CatalogText(), primary_key=True)
+    kind: Mapped[str] = mapped_column(CatalogText())
+    root: Mapped[str] = mapped_column(CatalogText(), default="")
+    issuer: Mapped[str] = mapped_column(CatalogText(), default="")
+    description: Mapped[dict[str, Any]] = mapped_column(CatalogJSON(), default=dict)
     last_ingested_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
@@ -65,16 +132,18 @@ class FileModel(Base):
     __table_args__ = (UniqueConstraint("source_id", "location"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    source_id: Mapped[str] = mapped_column(ForeignKey("sources.source_id"), index=True)
-    location: Mapped[str] = mapped_column(String())
-    path: Mapped[str] = mapped_column(Text)
-    role: Mapped[str] = mapped_column(String())
+    source_id: Mapped[str] = mapped_column(
+        CatalogText(), ForeignKey("sources.source_id"), index=True
+    )
+    location: Mapped[str] = mapped_column(CatalogText())
+    path: Mapped[str] = mapped_column(CatalogText())
+    role: Mapped[str] = mapped_column(CatalogText())
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    outcome: Mapped[str] = mapped_column(String(), index=True)
-    reason: Mapped[str] = mapped_column(Text, default="")
-    file_sha256: Mapped[str | None] = mapped_column(String(SHA256_LENGTH), nullable=True)
-    sop_instance_uid: Mapped[str | None] = mapped_column(String(), nullable=True)
+    outcome: Mapped[str] = mapped_column(CatalogText(), index=True)
+    reason: Mapped[str] = mapped_column(CatalogText(), default="")
+    file_sha256: Mapped[str | None] = mapped_column(CatalogText(SHA256_LENGTH), nullable=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(CatalogText(), nullable=True)
     ingested_at: Mapped[datetime] = mapped_column(DateTime)
 
 
@@ -85,12 +154,12 @@ class PatientRecordModel(Base):
     __table_args__ = (UniqueConstraint("issuer", "patient_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    issuer: Mapped[str] = mapped_column(String())
-    patient_id: Mapped[str] = mapped_column(String())
-    patient_name: Mapped[str] = mapped_column(Text, default="")
-    patient_birth_date: Mapped[str] = mapped_column(String(), default="")
-    patient_sex: Mapped[str] = mapped_column(String(), default="")
-    other_patient_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    issuer: Mapped[str] = mapped_column(CatalogText())
+    patient_id: Mapped[str] = mapped_column(CatalogText())
+    patient_name: Mapped[str] = mapped_column(CatalogText(), default="")
+    patient_birth_date: Mapped[str] = mapped_column(CatalogText(), default="")
+    patient_sex: Mapped[str] = mapped_column(CatalogText(), default="")
+    other_patient_ids: Mapped[list[Any]] = mapped_column(CatalogJSON(), default=list)
 
 
 class StudyModel(Base):
@@ -98,13 +167,13 @@ class StudyModel(Base):
 
     __tablename__ = "studies"
 
-    study_instance_uid: Mapped[str] = mapped_column(String(), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(CatalogText(), primary_key=True)
     patient_record_id: Mapped[int] = mapped_column(ForeignKey("patient_records.id"), index=True)
-    study_date: Mapped[str] = mapped_column(String(), default="")
-    study_time: Mapped[str] = mapped_column(String(), default="")
-    study_description: Mapped[str] = mapped_column(Text, default="")
-    accession_number: Mapped[str] = mapped_column(String(), default="")
-    study_id: Mapped[str] = mapped_column(String(), default="")
+    study_date: Mapped[str] = mapped_column(CatalogText(), default="")
+    study_time: Mapped[str] = mapped_column(CatalogText(), default="")
+    study_description: Mapped[str] = mapped_column(CatalogText(), default="")
+    accession_number: Mapped[str] = mapped_column(CatalogText(), default="")
+    study_id: Mapped[str] = mapped_column(CatalogText(), default="")
 
 
 class SeriesModel(Base):
@@ -112,15 +181,16 @@ class SeriesModel(Base):
 
     __tablename__ = "series"
 
-    series_instance_uid: Mapped[str] = mapped_column(String(), primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(CatalogText(), primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(
-        ForeignKey("studies.study_instance_uid"), index=True
+        CatalogText(), ForeignKey("studies.study_instance_uid"), index=True
     )
-    modality: Mapped[str] = mapped_column(String(), default="")
-    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    series_description: Mapped[str] = mapped_column(Text, default="")
-    body_part_examined: Mapped[str] = mapped_column(String(), default="")
-    frame_of_reference_uid: Mapped[str] = mapped_column(String(), default="")
+    modality: Mapped[str] = mapped_column(CatalogText(), default="")
+    # An IS value has up to 12 digits, beyond a 32-bit INTEGER.
+    series_number: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    series_description: Mapped[str] = mapped_column(CatalogText(), default="")
+    body_part_examined: Mapped[str] = mapped_column(CatalogText(), default="")
+    frame_of_reference_uid: Mapped[str] = mapped_column(CatalogText(), default="")
 
 
 class InstanceModel(Base):
@@ -129,21 +199,22 @@ class InstanceModel(Base):
     __tablename__ = "instances"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(), index=True)
-    series_instance_uid: Mapped[str] = mapped_column(String(), index=True)
-    study_instance_uid: Mapped[str] = mapped_column(String(), index=True)
-    source_id: Mapped[str] = mapped_column(ForeignKey("sources.source_id"))
+    sop_instance_uid: Mapped[str] = mapped_column(CatalogText(), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(CatalogText(), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(CatalogText(), index=True)
+    source_id: Mapped[str] = mapped_column(CatalogText(), ForeignKey("sources.source_id"))
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
-    location: Mapped[str] = mapped_column(String())
-    path: Mapped[str] = mapped_column(Text)
-    file_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
-    pixel_sha256: Mapped[str | None] = mapped_column(String(SHA256_LENGTH), nullable=True)
-    transfer_syntax_uid: Mapped[str] = mapped_column(String(), default="")
-    sop_class_uid: Mapped[str] = mapped_column(String(), default="")
-    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    header: Mapped[dict[str, Any]] = mapped_column(JSON)
-    outcome: Mapped[str] = mapped_column(String())
-    reason: Mapped[str] = mapped_column(Text, default="")
+    location: Mapped[str] = mapped_column(CatalogText())
+    path: Mapped[str] = mapped_column(CatalogText())
+    file_sha256: Mapped[str] = mapped_column(CatalogText(SHA256_LENGTH))
+    pixel_sha256: Mapped[str | None] = mapped_column(CatalogText(SHA256_LENGTH), nullable=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(CatalogText(), default="")
+    sop_class_uid: Mapped[str] = mapped_column(CatalogText(), default="")
+    # An IS value, as series_number.
+    instance_number: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    header: Mapped[dict[str, Any]] = mapped_column(CatalogJSON())
+    outcome: Mapped[str] = mapped_column(CatalogText())
+    reason: Mapped[str] = mapped_column(CatalogText(), default="")
     ingested_at: Mapped[datetime] = mapped_column(DateTime)
 
 
@@ -153,14 +224,16 @@ class AbsentReferenceModel(Base):
     __tablename__ = "absent_references"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    source_id: Mapped[str] = mapped_column(ForeignKey("sources.source_id"), index=True)
-    referenced_file_id: Mapped[str] = mapped_column(String())
-    record_type: Mapped[str] = mapped_column(String(), default="")
-    sop_instance_uid: Mapped[str] = mapped_column(String(), default="")
-    sop_class_uid: Mapped[str] = mapped_column(String(), default="")
-    patient_id: Mapped[str] = mapped_column(String(), default="")
-    study_instance_uid: Mapped[str] = mapped_column(String(), default="")
-    series_instance_uid: Mapped[str] = mapped_column(String(), default="")
+    source_id: Mapped[str] = mapped_column(
+        CatalogText(), ForeignKey("sources.source_id"), index=True
+    )
+    referenced_file_id: Mapped[str] = mapped_column(CatalogText())
+    record_type: Mapped[str] = mapped_column(CatalogText(), default="")
+    sop_instance_uid: Mapped[str] = mapped_column(CatalogText(), default="")
+    sop_class_uid: Mapped[str] = mapped_column(CatalogText(), default="")
+    patient_id: Mapped[str] = mapped_column(CatalogText(), default="")
+    study_instance_uid: Mapped[str] = mapped_column(CatalogText(), default="")
+    series_instance_uid: Mapped[str] = mapped_column(CatalogText(), default="")
 
 
 class ConflictModel(Base):
@@ -169,12 +242,12 @@ class ConflictModel(Base):
     __tablename__ = "conflicts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(), index=True)
-    indexed_location: Mapped[str] = mapped_column(String())
-    indexed_pixel_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
-    conflicting_source_id: Mapped[str] = mapped_column(String())
-    conflicting_location: Mapped[str] = mapped_column(String())
-    conflicting_pixel_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    sop_instance_uid: Mapped[str] = mapped_column(CatalogText(), index=True)
+    indexed_location: Mapped[str] = mapped_column(CatalogText())
+    indexed_pixel_sha256: Mapped[str] = mapped_column(CatalogText(SHA256_LENGTH))
+    conflicting_source_id: Mapped[str] = mapped_column(CatalogText())
+    conflicting_location: Mapped[str] = mapped_column(CatalogText())
+    conflicting_pixel_sha256: Mapped[str] = mapped_column(CatalogText(SHA256_LENGTH))
     detected_at: Mapped[datetime] = mapped_column(DateTime)
 
 
@@ -183,10 +256,10 @@ class JobOutcomeModel(Base):
 
     __tablename__ = "job_outcomes"
 
-    job_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    job_id: Mapped[str] = mapped_column(CatalogText(), primary_key=True)
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), primary_key=True)
-    outcome: Mapped[str] = mapped_column(String())
-    reason: Mapped[str] = mapped_column(Text, default="")
+    outcome: Mapped[str] = mapped_column(CatalogText())
+    reason: Mapped[str] = mapped_column(CatalogText(), default="")
     recorded_at: Mapped[datetime] = mapped_column(DateTime)
 
 
@@ -196,10 +269,10 @@ class LinkDecisionModel(Base):
     __tablename__ = "link_decisions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(String(), default="", index=True)
-    record_a: Mapped[list[Any]] = mapped_column(JSON)
-    record_b: Mapped[list[Any]] = mapped_column(JSON)
+    job_id: Mapped[str] = mapped_column(CatalogText(), default="", index=True)
+    record_a: Mapped[list[Any]] = mapped_column(CatalogJSON())
+    record_b: Mapped[list[Any]] = mapped_column(CatalogJSON())
     linked: Mapped[bool] = mapped_column(Boolean)
-    pseudonym: Mapped[str] = mapped_column(String(), default="")
-    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    pseudonym: Mapped[str] = mapped_column(CatalogText(), default="")
+    evidence: Mapped[dict[str, Any]] = mapped_column(CatalogJSON(), default=dict)
     decided_at: Mapped[datetime] = mapped_column(DateTime)

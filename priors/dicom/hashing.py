@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRBigEndian
+
+from priors.dicom.header import attribute_value
 
 __all__ = [
     "PixelDataError",
@@ -28,6 +31,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# (7FE0,0010) Pixel Data, as a BaseTag so that a membership test skips key conversion.
+PIXEL_DATA_TAG = BaseTag(0x7FE00010)
 
 # Read files in 1 MiB blocks: large enough for throughput, small enough for memory.
 HASH_BLOCK_BYTES = 1 << 20
@@ -68,11 +74,11 @@ def expected_pixel_bytes(ds: Dataset) -> int | None:
     of an odd length. ``None`` when a needed attribute is missing or invalid.
     """
     try:
-        rows = int(ds.Rows)
-        columns = int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        rows = int(attribute_value(ds, "Rows"))
+        columns = int(attribute_value(ds, "Columns"))
+        bits = int(attribute_value(ds, "BitsAllocated"))
+        samples = int(attribute_value(ds, "SamplesPerPixel") or 1)
+        frames = int(attribute_value(ds, "NumberOfFrames") or 1)
     except (AttributeError, TypeError, ValueError):
         return None
     if min(rows, columns, bits, samples, frames) < 1:
@@ -107,22 +113,22 @@ def pixel_sha256_from_dataset(
         When the Pixel Data value is shorter than the image pixel attributes
         require, as in a truncated file.
     """
-    if "PixelData" not in ds:
+    if PIXEL_DATA_TAG not in ds:
         return None
     syntax = UID(transfer_syntax_uid or ds.get("file_meta", Dataset()).get("TransferSyntaxUID", ""))
     if not syntax or syntax.is_compressed:
         return None
 
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    bits = ds.get("BitsAllocated")
+    photometric = str(attribute_value(ds, "PhotometricInterpretation") or "").strip()
+    bits = attribute_value(ds, "BitsAllocated")
     if bits not in WHOLE_BYTE_BITS or photometric in SUBSAMPLED_PHOTOMETRIC:
         # NOTE: bit-packed and subsampled data get their hash when decoded.
         return None
 
     expected = expected_pixel_bytes(ds)
-    value = ds.PixelData
     if expected is None:
         return None
+    value = attribute_value(ds, "PixelData")
     if len(value) < expected:
         raise PixelDataError(
             f"SOP Instance {ds.get('SOPInstanceUID', '<missing>')}: (7FE0,0010) Pixel Data "
@@ -132,7 +138,8 @@ def pixel_sha256_from_dataset(
     stored = memoryview(value)[:expected]
 
     needs_swap = syntax == ExplicitVRBigEndian and bits > 8
-    planar = int(ds.get("SamplesPerPixel", 1) or 1) > 1 and ds.get("PlanarConfiguration", 0) == 1
+    planar = (int(attribute_value(ds, "SamplesPerPixel") or 1) > 1
+              and attribute_value(ds, "PlanarConfiguration") == 1)
     if not needs_swap and not planar:
         return hashlib.sha256(stored).hexdigest()
     return pixel_sha256_from_array(_native_array(ds, stored, big_endian=needs_swap))

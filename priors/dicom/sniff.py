@@ -16,6 +16,7 @@ __all__ = [
     "DICOM_PART10",
     "DICOM_RAW",
     "NOT_DICOM",
+    "SNIFF_BYTES",
     "sniff",
     "sniff_bytes",
 ]
