@@ -92,8 +92,12 @@ def test_folder_reads_zip_members(tmp_path: Path) -> None:
     assert member.path.read_bytes() == b"first"
     escaped = by_location[f"{root / 'bundle.ZIP'}!../escape.dcm"]
     assert escaped.path.is_relative_to(cache)
-    # broken.zip fails the signature check, so it is an ordinary file.
-    assert by_location[str(root / "broken.zip")].role == "instance"
+    # broken.zip is read as an archive because of its suffix. Opening it fails, and
+    # the error goes with the file, so that ingest rejects it with that reason.
+    broken = by_location[str(root / "broken.zip")]
+    assert broken.role == "archive"
+    assert broken.error.startswith("invalid ZIP archive: no end of central directory record")
+    assert [issue.kind for issue in source.issues()] == ["archive"]
 
     # A second listing reuses the extracted copy.
     mtime = member.path.stat().st_mtime_ns

@@ -38,7 +38,8 @@ DICOMDIR_NAME = "DICOMDIR"
 # ISO 9660 level 1 names may carry a file version suffix.
 ISO9660_VERSION_SUFFIX = ";1"
 
-DIRECTORY_ISSUE_KINDS = ("malformed", "nested-dicomdir", "unreachable", "outside-root")
+DIRECTORY_ISSUE_KINDS = ("malformed", "nested-dicomdir", "unreachable", "outside-root",
+                         "truncated")
 
 # Records of these types carry the identity that their lower-level records inherit.
 _CONTEXT_TYPES = {"PATIENT": "patient_id", "STUDY": "study_instance_uid",
@@ -158,6 +159,9 @@ def read_dicomdir(path: str | os.PathLike[str]) -> Dicomdir:
 
     walker = _RecordWalker(ds, root=dicomdir_path.parent)
     records, issues = walker.walk()
+    truncation = _truncation(dicomdir_path, ds)
+    if truncation:
+        issues.append(DirectoryIssue("truncated", None, truncation))
     file_meta = getattr(ds, "file_meta", Dataset())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -339,6 +343,30 @@ def _normalise_name(name: str) -> str:
     if name.endswith(ISO9660_VERSION_SUFFIX):
         name = name[: -len(ISO9660_VERSION_SUFFIX)]
     return name.rstrip(".").upper()
+
+
+def _truncation(path: Path, ds: Dataset) -> str:
+    """Return why the record sequence ends before its declared end, or "" if it does not.
+
+    pydicom reads a file cut inside a defined-length sequence without complaint,
+    keeping the bytes that are there, so the declared length of (0004,1220) is checked
+    here. A cut undefined-length sequence makes pydicom raise instead.
+    """
+    element = ds["DirectoryRecordSequence"]
+    # pydicom records where the element's value starts; its 4-byte length precedes it
+    # in both implicit and explicit VR.
+    start = getattr(element, "file_tell", None)
+    if start is None or start < 4 or element.is_undefined_length:
+        return ""
+    with open(path, "rb") as stream:
+        stream.seek(start - 4)
+        length = int.from_bytes(stream.read(4), "little")
+    size = path.stat().st_size
+    if start + length > size:
+        return (f"{path}: (0004,1220) Directory Record Sequence declares {length} bytes "
+                f"but the file ends {start + length - size} bytes short; the DICOMDIR is "
+                "truncated")
+    return ""
 
 
 def _file_id(value: object) -> tuple[str, ...]:

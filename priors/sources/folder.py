@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from priors.sources.archive import default_cache_dir, is_zip_archive, iter_archive_members
+from priors.sources.archive import default_cache_dir, is_zip_archive, iter_archive_files
 from priors.sources.base import (
-    ROLE_ARCHIVE,
     ROLE_INSTANCE,
     AbsentReference,
     SourceFile,
@@ -24,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class FolderSource:
-    """Every file under a folder, including the members of ZIP archives.
+    """Every file under a folder, including the members of ``.zip`` archives.
 
     Parameters
     ----------
@@ -63,12 +61,16 @@ class FolderSource:
         """Yield every file under the root; archive members follow their archive."""
         self._issues = []
         messages: list[str] = []
+        archive_messages: list[str] = []
         for path in walk_files(self.root, issues=messages):
             if is_zip_archive(path):
-                yield from self._iter_archive(path)
+                yield from self._iter_archive(path, archive_messages)
             else:
                 yield SourceFile(self.source_id, path, ROLE_INSTANCE)
         self._issues.extend(SourceIssue(self.source_id, "folder", text) for text in messages)
+        self._issues.extend(
+            SourceIssue(self.source_id, "archive", text) for text in archive_messages
+        )
 
     def absent_references(self) -> list[AbsentReference]:
         """Return no records: a plain folder has no DICOMDIR."""
@@ -78,20 +80,10 @@ class FolderSource:
         """Return the problems met by the last complete ``iter_files``."""
         return list(self._issues)
 
-    def _iter_archive(self, path: Path) -> Iterator[SourceFile]:
-        cache_dir = self._cache_dir or default_cache_dir()
-        try:
-            members = list(iter_archive_members(path, source_id=self.source_id,
-                                                cache_dir=cache_dir))
-        except (OSError, zipfile.BadZipFile, RuntimeError) as err:
-            # RuntimeError: zipfile raises it for encrypted members.
-            message = f"{path}: cannot extract ZIP archive: {err}"
-            logger.error(message)
-            self._issues.append(SourceIssue(self.source_id, "archive", message))
-            yield SourceFile(self.source_id, path, ROLE_ARCHIVE, error=message)
-            return
-        yield SourceFile(self.source_id, path, ROLE_ARCHIVE)
-        yield from members
+    def _iter_archive(self, path: Path, messages: list[str]) -> Iterator[SourceFile]:
+        yield from iter_archive_files(path, source_id=self.source_id,
+                                      cache_dir=self._cache_dir or default_cache_dir(),
+                                      issues=messages)
 
 
 def walk_files(root: Path, *, issues: list[str] | None = None) -> Iterator[Path]:
