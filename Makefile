@@ -22,9 +22,19 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(PY) jobs/prepare_priors.py --demo
 
-# The whole test suite, slow cases included.
+# The whole test suite, slow cases included. As root, it first installs the Debian
+# packages the tests start: dicom3tools, Orthanc with its DICOMweb plugin, dcmtk and
+# PostgreSQL. Services are started by the tests themselves, on 127.0.0.1.
 test: venv
-	@if ! command -v dciodvfy >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dicom3tools; fi
+	@missing=""; \
+	for pair in dciodvfy:dicom3tools Orthanc:orthanc findscu:dcmtk pg_ctlcluster:postgresql; do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+		service orthanc stop >/dev/null 2>&1 || true; \
+	fi
 	$(PY) -m pytest -ra
 
 # Everything but the cases marked slow.

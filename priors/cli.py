@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser(
         "prepare", help="run the main job: ingest, link, select priors, register, detect change")
     prepare.add_argument("sources", nargs="+", metavar="SOURCE",
-                         help="folder, ZIP file or DICOMDIR media folder")
+                         help="folder, ZIP file, DICOMDIR media folder, or a PACS name "
+                         "(its instances fetched so far)")
     prepare.add_argument("--out", default="priors-packages",
                          help="folder for the context packages (default: %(default)s)")
     prepare.add_argument("--issuer", action="append", default=[], metavar="SOURCE=ISSUER",
@@ -72,10 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--timepoints", type=int, default=3, help="time points per patient")
 
     ingest = commands.add_parser("ingest", help="index sources into the catalog")
-    ingest.add_argument("sources", nargs="+", metavar="SOURCE")
+    ingest.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="folder, ZIP file, DICOMDIR media folder, or a PACS name "
+                        "(its instances fetched so far)")
     ingest.add_argument("--issuer", action="append", default=[], metavar="SOURCE=ISSUER")
     ingest.add_argument("--workers", type=int, default=2, help="header-reading processes")
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    find = commands.add_parser("find", help="search a PACS for studies (DICOMweb or DIMSE)")
+    find.add_argument("pacs", metavar="PACS",
+                      help="name under [sources] in the configuration, dicomweb:<url> or "
+                      "dimse:<AE>@<host>:<port>")
+    _add_query_arguments(find)
+    find.add_argument("--series", action="store_true", help="also list each study's series")
+    find.add_argument("--json", action="store_true", help="print JSON to standard output")
+
+    fetch = commands.add_parser(
+        "fetch", help="retrieve matching studies from a PACS and ingest them")
+    fetch.add_argument("pacs", metavar="PACS",
+                       help="name under [sources] in the configuration, dicomweb:<url> or "
+                       "dimse:<AE>@<host>:<port>")
+    _add_query_arguments(fetch)
+    fetch.add_argument("--series-uid", default="", help="only this series of the study")
+    fetch.add_argument("--workers", type=int, default=2, help="header-reading processes")
+    fetch.add_argument("--json", action="store_true", help="print the result as JSON")
 
     timeline = commands.add_parser(
         "timeline", help="show each person's linked studies and the chosen pairs")
@@ -140,6 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_query_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--patient-id", default="", help="Patient ID at that PACS")
+    parser.add_argument("--issuer-of-patient-id", default="",
+                        help="Issuer of Patient ID, where the PACS records it")
+    parser.add_argument("--study-date", default="",
+                        help="date or range: YYYYMMDD, YYYYMMDD-YYYYMMDD, -YYYYMMDD or "
+                        "YYYYMMDD-")
+    parser.add_argument("--modality", default="", help="for example CT or MR")
+    parser.add_argument("--study-uid", default="", help="one Study Instance UID")
+
+
+def _query(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from priors.sources.remote import StudyQuery
+
+    try:
+        return StudyQuery(patient_id=args.patient_id,
+                          issuer_of_patient_id=args.issuer_of_patient_id,
+                          study_date=args.study_date, modality=args.modality,
+                          study_instance_uid=args.study_uid)
+    except ValueError as err:
+        raise SystemExit(f"priors: --study-date: {err}") from err
+
+
 def _configure_logging(verbosity: int) -> None:
     level = logging.DEBUG if verbosity > 1 else logging.INFO
     logging.basicConfig(
@@ -150,6 +194,10 @@ def _configure_logging(verbosity: int) -> None:
     if verbosity < 2:
         for noisy in ("alembic", "mlflow", "urllib3", "ray", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    # urllib3's DEBUG lines carry each request's query string, and a QIDO-RS search
+    # carries the Patient ID there, so even -vv keeps them off.
+    logging.getLogger("urllib3").setLevel(max(logging.getLogger("urllib3").level,
+                                              logging.INFO))
 
 
 def _issuers(pairs: Sequence[str]) -> dict[str, str]:
@@ -168,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
 
     from priors.config import ConfigError, load_settings
+    from priors.sources.pacs import SourceSpecError
 
     try:
         settings = load_settings(args.config)
@@ -178,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = _COMMANDS[args.command]
     try:
         return handler(args, settings)
-    except (FileNotFoundError, NotADirectoryError) as err:
+    except (FileNotFoundError, NotADirectoryError, SourceSpecError) as err:
         # A missing or wrong-kind source is a usage error, not a crash.
         print(f"priors: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -223,15 +272,12 @@ def _run_synthetic(args: argparse.Namespace, settings) -> int:
 
 def _run_ingest(args: argparse.Namespace, settings) -> int:
     from priors.catalog import Catalog
-    from priors.sources import open_source
+    from priors.sources.pacs import open_sources
+    from priors.sources.remote import RetrievalCache
 
-    issuers = _issuers(args.issuer)
-    sources = []
-    for path in args.sources:
-        resolved = Path(path).resolve()
-        if not resolved.exists():
-            raise FileNotFoundError(f"source {path} does not exist")
-        sources.append(open_source(resolved, issuer=issuers.get(str(resolved), "")))
+    sources = open_sources(args.sources, configured=settings.sources,
+                           issuers=_issuers(args.issuer),
+                           cache=RetrievalCache(Path(settings.home) / "cache" / "pacs"))
     # The catalog contains identifiers, so a home folder priors creates is private.
     Path(settings.home).mkdir(parents=True, exist_ok=True, mode=0o700)
     catalog = Catalog(settings.catalog_url)
@@ -241,6 +287,21 @@ def _run_ingest(args: argparse.Namespace, settings) -> int:
     else:
         print(report.render_text())
     return EXIT_OK
+
+
+def _run_find(args: argparse.Namespace, settings) -> int:
+    from priors.fetch_command import find_command
+
+    return find_command(args.pacs, settings=settings, query=_query(args),
+                        with_series=args.series, as_json=args.json)
+
+
+def _run_fetch(args: argparse.Namespace, settings) -> int:
+    from priors.fetch_command import fetch_command
+
+    return fetch_command(args.pacs, settings=settings, query=_query(args),
+                         series_instance_uid=args.series_uid, as_json=args.json,
+                         workers=args.workers)
 
 
 def _run_timeline(args: argparse.Namespace, settings) -> int:
@@ -286,6 +347,8 @@ _COMMANDS = {
     "demo": _run_demo,
     "synthetic": _run_synthetic,
     "ingest": _run_ingest,
+    "find": _run_find,
+    "fetch": _run_fetch,
     "timeline": _run_timeline,
     "register": _run_register,
     "convert": _run_convert,

@@ -100,6 +100,8 @@ class Settings:
     pseudonym_key: str = ""
     ray_address: str = ""
     ray_num_cpus: int = 0
+    # PACS reachable by name: [sources.<name>] tables (see priors.sources.pacs).
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     change: ChangeSettings = field(default_factory=ChangeSettings)

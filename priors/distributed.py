@@ -98,7 +98,7 @@ def run_prepare_job(
     out_dir = Path(out_dir).resolve()
     bundle_dir = resolve_bundle_dir(settings)
 
-    plan = plan_job([Path(path) for path in sources], settings=settings,
+    plan = plan_job(list(sources), settings=settings,
                     issuers=dict(issuers or {}), out_dir=out_dir, job_id=job_id,
                     cross_reference=Path(cross_reference) if cross_reference else None)
     timings["plan_s"] = time.perf_counter() - started

@@ -46,7 +46,12 @@ SKIPPED = "skipped"
 
 @dataclass(frozen=True)
 class InstanceRef:
-    """One instance behind a model input, with where it was read and its hashes."""
+    """One instance behind a model input, with where it was read and its hashes.
+
+    ``location`` names the instance in its source's terms (a file, an archive member,
+    a PACS URL); ``path`` is the local file its bytes are read from, when that differs:
+    the extracted copy of an archive member or the cached copy of a PACS instance.
+    """
 
     sop_instance_uid: str
     series_instance_uid: str
@@ -56,6 +61,12 @@ class InstanceRef:
     transfer_syntax_uid: str
     file_sha256: str
     pixel_sha256: str | None
+    path: str = ""
+
+    @property
+    def readable_path(self) -> str:
+        """Return the local file that holds the instance's bytes."""
+        return self.path or self.location
 
     def as_dict(self) -> dict[str, Any]:
         """Return the reference as JSON-ready values."""
@@ -217,7 +228,8 @@ def prepare_person(
 
 def _volume_for(series: SeriesRef, build_volumes: Callable[..., Any]) -> tuple[Any, dict[str, Any]]:
     """Build the series' volume; several stacks keep the one with most slices."""
-    paths = [ref.location for ref in series.instances]
+    paths = [ref.readable_path for ref in series.instances]
+    location_of = {ref.readable_path: ref.location for ref in series.instances}
     volumes, rejections = build_volumes(paths)
     info: dict[str, Any] = {
         "rejections": [
@@ -226,7 +238,7 @@ def _volume_for(series: SeriesRef, build_volumes: Callable[..., Any]) -> tuple[A
         ],
         # Files that could not be read or decoded at all, as opposed to stacks set aside.
         "rejected_files": [
-            {"location": path, "reason": item.reason}
+            {"location": location_of.get(str(path), str(path)), "reason": item.reason}
             for item in rejections if len(item.paths) == 1 and not item.stack_label
             for path in item.paths
         ],
@@ -526,7 +538,7 @@ def _unused_files(series: SeriesRef, volume: Any) -> list[dict[str, str]]:
     """Return the series' files that are not in the volume used for the pair."""
     used = set(volume.paths)
     return [{"location": ref.location, "reason": unused_reason(series.series_instance_uid)}
-            for ref in series.instances if ref.location not in used]
+            for ref in series.instances if ref.readable_path not in used]
 
 
 def unused_reason(series_instance_uid: str) -> str:

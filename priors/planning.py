@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ class JobPlan:
 
 
 def plan_job(
-    source_paths: Sequence[Path],
+    source_paths: Sequence[str | os.PathLike[str]],
     *,
     settings: Settings,
     issuers: Mapping[str, str],
@@ -159,7 +160,7 @@ class People:
 
 
 def gather_people(
-    source_paths: Sequence[Path],
+    source_paths: Sequence[str | os.PathLike[str]],
     *,
     settings: Settings,
     issuers: Mapping[str, str],
@@ -188,17 +189,14 @@ def gather_people(
         select_pairs,
         summarize,
     )
-    from priors.sources import open_source
+    from priors.sources.pacs import open_sources
+    from priors.sources.remote import RetrievalCache
 
     if cross_reference is not None and not Path(cross_reference).is_file():
         raise FileNotFoundError(f"cross-reference table {cross_reference} does not exist")
     xref_rows = read_cross_reference(cross_reference) if cross_reference is not None else []
-    sources = []
-    for path in source_paths:
-        if not path.exists():
-            raise FileNotFoundError(f"source {path} does not exist")
-        resolved = path.resolve()
-        sources.append(open_source(resolved, issuer=issuers.get(str(resolved), "")))
+    sources = open_sources(source_paths, configured=settings.sources, issuers=issuers,
+                           cache=RetrievalCache(Path(settings.home) / "cache" / "pacs"))
     # The catalog contains identifiers, so a home folder priors creates is private.
     Path(settings.home).mkdir(parents=True, exist_ok=True, mode=0o700)
     catalog = Catalog(settings.catalog_url)
@@ -315,7 +313,8 @@ def _series_ref(info: Any, study: Any, rows_by_series: Mapping[str, list[Any]]) 
             study_instance_uid=row.study_instance_uid,
             source_id=row.source_id, location=row.location,
             transfer_syntax_uid=row.transfer_syntax_uid, file_sha256=row.file_sha256,
-            pixel_sha256=row.pixel_sha256)
+            pixel_sha256=row.pixel_sha256,
+            path=row.path if row.path != row.location else "")
         for row in rows)
     date = study.date.isoformat() if getattr(study, "date", None) else ""
     body_part = info.body_part_examined or (study.body_parts[0] if study.body_parts else "")

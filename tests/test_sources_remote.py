@@ -1,0 +1,141 @@
+"""The shared parts of PACS sources: queries, the retrieval cache, configured names."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from priors.config import ConfigError, load_settings
+from priors.sources.pacs import (
+    SourceSpecError,
+    is_remote_spec,
+    open_remote_source,
+    open_sources,
+)
+from priors.sources.remote import RetrievalCache, StudyQuery, validate_date_range
+
+
+@pytest.mark.parametrize("value", ["20210115", "20200101-20211231", "-20210115", "20210115-"])
+def test_date_ranges_accepted(value: str) -> None:
+    assert validate_date_range(value) == value
+    assert StudyQuery(study_date=value).study_date == value
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("2021-01-15", "expected YYYYMMDD"),
+        ("-", "expected YYYYMMDD"),
+        ("20211231-20200101", "starts after it ends"),
+        ("2021011", "expected YYYYMMDD"),
+    ],
+)
+def test_bad_date_ranges_refused(value: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        StudyQuery(study_date=value)
+
+
+def test_cache_stores_once_by_content(tmp_path: Path) -> None:
+    cache = RetrievalCache(tmp_path)
+    first = cache.store("dicomweb:a@http://127.0.0.1:1/dw", "loc/1", b"same bytes")
+    second = cache.store("dimse:b@PACS@127.0.0.1:2", "loc/2", b"same bytes")
+
+    assert first.path == second.path
+    assert first.path.name == hashlib.sha256(b"same bytes").hexdigest() + ".dcm"
+    assert len(list((tmp_path / "objects").rglob("*.dcm"))) == 1
+    assert [item.location for item in cache.iter_files("dicomweb:a@http://127.0.0.1:1/dw")] \
+        == ["loc/1"]
+
+
+def test_cache_keeps_the_latest_object_per_location(tmp_path: Path) -> None:
+    cache = RetrievalCache(tmp_path)
+    source = "dicomweb:a@http://127.0.0.1:1/dw"
+    cache.store(source, "loc/1", b"first")
+    cache.store(source, "loc/1", b"second")
+
+    files = list(cache.iter_files(source))
+    assert len(files) == 1
+    assert files[0].path.read_bytes() == b"second"
+
+
+def test_cache_passes_over_a_cut_manifest_line(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    cache = RetrievalCache(tmp_path)
+    source = "dimse:b@PACS@127.0.0.1:2"
+    cache.store(source, "loc/1", b"kept")
+    manifest = next((tmp_path / "sources").rglob("retrieved.jsonl"))
+    with open(manifest, "a", encoding="utf-8") as stream:
+        stream.write('{"location": "loc/2", "obj')
+
+    assert [item.location for item in cache.iter_files(source)] == ["loc/1"]
+    assert "unreadable manifest entry" in caplog.text
+
+
+def test_cache_of_an_unknown_source_is_empty(tmp_path: Path) -> None:
+    assert list(RetrievalCache(tmp_path).iter_files("dicomweb:none@http://x")) == []
+
+
+def test_existing_path_wins_over_a_configured_name(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "site_a").mkdir()
+    configured = {"site_a": {"kind": "dicomweb", "url": "http://127.0.0.1:9/dw",
+                             "institution": "a"}}
+    assert not is_remote_spec("site_a", configured)
+    assert is_remote_spec("site_b", {"site_b": {}})
+    assert is_remote_spec("dicomweb:http://127.0.0.1:9/dw", {})
+    assert is_remote_spec("dimse:PACS@127.0.0.1:4242", {})
+    assert not is_remote_spec("missing-folder", configured)
+
+
+def test_unknown_source_names_the_configured_ones(tmp_path: Path) -> None:
+    configured = {"site_a": {"kind": "dicomweb"}}
+    with pytest.raises(FileNotFoundError, match=r"no PACS has that name \(configured: site_a\)"):
+        open_sources([str(tmp_path / "nowhere")], configured=configured, issuers={})
+    with pytest.raises(SourceSpecError, match="configured: site_a"):
+        open_remote_source("site_b", configured)
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ({"kind": "hl7"}, "kind 'hl7' is not one of dicomweb, dimse"),
+        ({"kind": "dicomweb", "institution": "a"}, "missing url"),
+        ({"kind": "dicomweb", "url": "http://127.0.0.1:9", "institution": "a", "colour": 1},
+         "unknown keys colour"),
+        ({"kind": "dicomweb", "url": "http://127.0.0.1:9", "institution": "a",
+          "token_env": "PRIORS_TEST_UNSET_TOKEN"},
+         "token_env names the environment variable PRIORS_TEST_UNSET_TOKEN, which is not set"),
+        ({"kind": "dicomweb", "url": "http://127.0.0.1:9", "institution": "a",
+          "password_env": "SECRET_VAR"}, "password_env is set but username is not"),
+        ({"kind": "dimse", "host": "127.0.0.1", "port": 4242, "institution": "b"},
+         "missing called_ae"),
+    ],
+)
+def test_bad_configured_sources(table: dict, words: str) -> None:
+    with pytest.raises(SourceSpecError, match=words):
+        open_remote_source("site", {"site": table}, environ={"SECRET_VAR": "x"})
+
+
+@pytest.mark.parametrize("spec", ["dimse:PACS", "dimse:@127.0.0.1:4242", "dimse:PACS@host:port"])
+def test_bad_adhoc_dimse_specs(spec: str) -> None:
+    with pytest.raises(SourceSpecError, match=r"expected dimse:<called AE>@<host>:<port>"):
+        open_remote_source(spec, {})
+
+
+def test_sources_read_from_the_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "priors.toml"
+    config.write_text(
+        f'home = "{tmp_path}"\n'
+        "[sources.site_a]\n"
+        'kind = "dicomweb"\n'
+        'url = "http://127.0.0.1:9/dicom-web"\n'
+        'institution = "site-a"\n'
+        'issuer = "SITE-A"\n'
+    )
+    settings = load_settings(config, environ={})
+    assert settings.sources["site_a"]["issuer"] == "SITE-A"
+    with pytest.raises(ConfigError, match="'sources' has invalid value"):
+        load_settings(None, environ={"PRIORS_SOURCES": "site_a"})
