@@ -27,10 +27,12 @@ demo: venv
 # PostgreSQL. Services are started by the tests themselves, on 127.0.0.1.
 test: venv
 	@missing=""; \
-	for pair in dciodvfy:dicom3tools Orthanc:orthanc findscu:dcmtk pg_ctlcluster:postgresql; do \
-		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
+	for pair in /usr/bin/dciodvfy:dicom3tools /usr/sbin/Orthanc:orthanc \
+		/usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb \
+		/usr/bin/findscu:dcmtk; do \
+		[ -e $${pair%%:*} ] || missing="$$missing $${pair#*:}"; \
 	done; \
-	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 		service orthanc stop >/dev/null 2>&1 || true; \

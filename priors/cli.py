@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"priors {__version__}")
     parser.add_argument("--config", help="TOML configuration file (default: $PRIORS_CONFIG)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log output (-v: INFO details, -vv: DEBUG)")
+                        help="more log output: priors logs its progress at INFO by default; "
+                        "-v adds its DEBUG details, -vv the libraries' own logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     prepare = commands.add_parser(
@@ -76,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("sources", nargs="+", metavar="SOURCE",
                         help="folder, ZIP file, DICOMDIR media folder, or a PACS name "
                         "(its instances fetched so far)")
-    ingest.add_argument("--issuer", action="append", default=[], metavar="SOURCE=ISSUER")
-    ingest.add_argument("--workers", type=int, default=2, help="header-reading processes")
+    ingest.add_argument("--issuer", action="append", default=[], metavar="SOURCE=ISSUER",
+                        help="issuer of Patient ID for a source without one; repeatable")
+    ingest.add_argument("--workers", type=_positive, default=2,
+                        help="header-reading processes (default: %(default)s)")
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
 
     find = commands.add_parser("find", help="search a PACS for studies (DICOMweb or DIMSE)")
@@ -94,8 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="name under [sources] in the configuration, dicomweb:<url> or "
                        "dimse:<AE>@<host>:<port>")
     _add_query_arguments(fetch)
-    fetch.add_argument("--series-uid", default="", help="only this series of the study")
-    fetch.add_argument("--workers", type=int, default=2, help="header-reading processes")
+    fetch.add_argument("--series-uid", default="",
+                       help="only this series of the study given by --study-uid")
+    fetch.add_argument("--all", action="store_true",
+                       help="fetch every study that matches, even with no patient, study or "
+                       "date filter (the whole PACS, when nothing else is given)")
+    fetch.add_argument("--workers", type=_positive, default=2,
+                       help="header-reading processes (default: %(default)s)")
     fetch.add_argument("--json", action="store_true", help="print the result as JSON")
 
     timeline = commands.add_parser(
@@ -161,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def _add_query_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patient-id", default="", help="Patient ID at that PACS")
     parser.add_argument("--issuer-of-patient-id", default="",
@@ -185,14 +203,17 @@ def _query(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _configure_logging(verbosity: int) -> None:
-    level = logging.DEBUG if verbosity > 1 else logging.INFO
+    # priors' own progress at INFO (DEBUG with -v); other libraries' WARNING and up,
+    # except with -vv.
     logging.basicConfig(
-        level=level if verbosity else logging.INFO,
+        level=logging.DEBUG if verbosity > 1 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("priors").setLevel(logging.DEBUG if verbosity else logging.INFO)
     if verbosity < 2:
-        for noisy in ("alembic", "mlflow", "urllib3", "ray", "matplotlib", "PIL"):
+        for noisy in ("alembic", "mlflow", "urllib3", "ray", "matplotlib", "PIL",
+                      "pynetdicom"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     # urllib3's DEBUG lines carry each request's query string, and a QIDO-RS search
     # carries the Patient ID there, so even -vv keeps them off.
@@ -299,6 +320,11 @@ def _run_find(args: argparse.Namespace, settings) -> int:
 def _run_fetch(args: argparse.Namespace, settings) -> int:
     from priors.fetch_command import fetch_command
 
+    if args.series_uid and not args.study_uid:
+        raise SystemExit("priors fetch: --series-uid needs --study-uid, the series' study")
+    if not (args.patient_id or args.study_uid or args.study_date or args.all):
+        raise SystemExit("priors fetch: give --patient-id, --study-uid or --study-date, or "
+                         "--all to fetch every study that matches")
     return fetch_command(args.pacs, settings=settings, query=_query(args),
                          series_instance_uid=args.series_uid, as_json=args.json,
                          workers=args.workers)

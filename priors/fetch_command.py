@@ -35,9 +35,14 @@ EXIT_FAILED = 1
 
 
 def open_pacs(spec: str, settings: Settings) -> RemoteSource:
-    """Open a configured or ad hoc PACS with the cache under the priors home folder."""
+    """Open a configured or ad hoc PACS with the cache under the priors home folder.
+
+    The home folder is created readable by its owner only, since the cache and the
+    catalog hold identifiers.
+    """
     from priors.sources.pacs import open_remote_source
 
+    Path(settings.home).mkdir(parents=True, exist_ok=True, mode=0o700)
     return open_remote_source(spec, settings.sources,
                               cache=RetrievalCache(Path(settings.home) / "cache" / "pacs"))
 
@@ -68,24 +73,26 @@ def find_command(
         print(f"priors: {source.source_id}: {err}", file=sys.stderr)
         return EXIT_FAILED
 
-    rows = [_study_row(study, pseudonyms) for study in studies]
+    rows = [_study_row(study, pseudonyms)
+            for study in sorted(studies, key=lambda item: (item.study_date,
+                                                           item.study_instance_uid))]
     if as_json:
         for row in rows:
             if with_series:
                 row["series"] = [asdict(item) for item in series[row["study_instance_uid"]]]
         print(json.dumps({"source": source.describe(), "studies": rows}, indent=2))
         return EXIT_OK
-    print(f"{len(rows)} studies at {source.source_id}")
+    print(f"{_plural(len(rows), 'study', 'studies')} at {source.source_id}")
     for row in rows:
         print(f"  {row['study_date'] or '--------'}  {'/'.join(row['modalities']) or '-':<8} "
               f"{row['patient_pseudonym']}  {row['study_instance_uid']}  "
-              f"{row['number_of_instances'] if row['number_of_instances'] is not None else '?'}"
-              f" instances  {row['study_description']}")
-        for item in series.get(row["study_instance_uid"], []):
-            print(f"      series {item.series_number if item.series_number is not None else '-'}"
-                  f"  {item.modality:<3} {item.series_instance_uid}  "
-                  f"{item.number_of_instances if item.number_of_instances is not None else '?'}"
-                  f" instances  {item.series_description}")
+              f"{_count(row['number_of_instances'])}  {row['study_description']}")
+        listed = sorted(series.get(row["study_instance_uid"], []),
+                        key=lambda item: (item.series_number is None, item.series_number or 0))
+        for item in listed:
+            number = item.series_number if item.series_number is not None else "-"
+            print(f"      series {number}  {item.modality:<3} {item.series_instance_uid}  "
+                  f"{_count(item.number_of_instances)}  {item.series_description}")
     return EXIT_OK
 
 
@@ -122,6 +129,9 @@ def fetch_command(
 
     results: list[RetrieveResult] = []
     failures: list[dict[str, str]] = []
+    # Instances that arrived during retrieves that then failed: they are in the cache
+    # and the catalog, so the summary counts them too.
+    partial = 0
     for number, study in enumerate(studies, start=1):
         targets = _targets(source, study, modality=query.modality,
                            series_instance_uid=series_instance_uid, failures=failures)
@@ -133,6 +143,8 @@ def fetch_command(
                                          series_instance_uid=series_uid)
             except (SourceConnectionError, RetrieveError) as err:
                 log.error("%s: %s", label, err)
+                arrived = getattr(err, "result", None)
+                partial += len(arrived.files) if arrived is not None else 0
                 failures.append({"study_instance_uid": study.study_instance_uid,
                                  "series_instance_uid": series_uid, "reason": str(err)})
                 continue
@@ -155,15 +167,20 @@ def fetch_command(
             "source": source.describe(),
             "retrieved": [result.as_dict() for result in results],
             "failed": failures,
+            "received_in_failed_retrieves": partial,
             "ingest": report.to_dict(),
         }, indent=2))
     else:
-        received = sum(len(result.files) for result in results)
-        print(f"{received} instances received from {source.source_id} in "
-              f"{len(results)} retrieves; {len(failures)} failed")
+        received = sum(len(result.files) for result in results) + partial
+        retrieves = _plural(len(results) + len(failures), "retrieve", "retrieves")
+        before_failure = (f" ({_plural(partial, 'instance', 'instances')} of them arrived "
+                          "before a failure)" if partial else "")
+        print(f"{_plural(received, 'instance', 'instances')} received from "
+              f"{source.source_id} in {retrieves}; {len(failures)} failed{before_failure}")
         for failure in failures:
-            print(f"  failed: {failure['study_instance_uid']} "
-                  f"{failure['series_instance_uid']}: {failure['reason']}")
+            target = " ".join(filter(None, (failure["study_instance_uid"],
+                                            failure["series_instance_uid"])))
+            print(f"  failed: {target}: {failure['reason']}")
         print(report.render_text())
     return EXIT_FAILED if failures else EXIT_OK
 
@@ -182,6 +199,14 @@ def _targets(source: RemoteSource, study: StudyMatch, *, modality: str,
                          "series_instance_uid": "", "reason": str(err)})
         return []
     return [item.series_instance_uid for item in matches]
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _count(instances: int | None) -> str:
+    return "? instances" if instances is None else _plural(instances, "instance", "instances")
 
 
 def _pseudonymizer(settings: Settings) -> Any:

@@ -316,6 +316,22 @@ def test_get_series(pacs: tuple[OrthancServer, int], tmp_path: Path,
         thin_uid}
 
 
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_series_of_other_study_refused(pacs: tuple[OrthancServer, int], tmp_path: Path,
+                                       cohort: dict[str, Any], method: str) -> None:
+    # Orthanc sends a series by its UID whatever study the identifier names; the
+    # instances of another study than the one asked for must not enter the cache.
+    source = make_source(pacs, tmp_path, method=method)
+    asked = study_at(cohort, "riverside", 1)
+    other = study_at(cohort, "riverside", 0) if asked is not study_at(
+        cohort, "riverside", 0) else study_at(cohort, "lakeside", 0)
+    with pytest.raises(DimseRetrieveError, match="was not requested") as caught:
+        source.retrieve(asked["study_instance_uid"],
+                        series_instance_uid=other["series"]["thin"])
+    assert caught.value.result.files == []
+    assert list(source.iter_files()) == []
+
+
 @pytest.mark.parametrize("series", ["", "thin"])
 def test_move_local_scp(pacs: tuple[OrthancServer, int], tmp_path: Path,
                         cohort: dict[str, Any], series: str) -> None:

@@ -154,3 +154,6 @@ def test_cut_undefined_length_dicomdir_scanned(cd: Path, tmp_path: Path) -> None
 
     assert report.counts["indexed"] == len(files)
     assert any("cannot read DICOMDIR" in issue for issue in report.issues), report.issues
+    (outcome,) = [item for item in report.files if item.location == str(dicomdir)]
+    assert outcome.outcome == "rejected"
+    assert "cannot read DICOMDIR" in outcome.reason

@@ -30,6 +30,8 @@ def test_date_ranges_accepted(value: str) -> None:
         ("-", "expected YYYYMMDD"),
         ("20211231-20200101", "starts after it ends"),
         ("2021011", "expected YYYYMMDD"),
+        ("20181301", "20181301 is not a calendar date"),
+        ("-20180230", "20180230 is not a calendar date"),
     ],
 )
 def test_bad_date_ranges_refused(value: str, words: str) -> None:
@@ -58,6 +60,18 @@ def test_cache_keeps_the_latest_object_per_location(tmp_path: Path) -> None:
     files = list(cache.iter_files(source))
     assert len(files) == 1
     assert files[0].path.read_bytes() == b"second"
+
+
+def test_cache_manifest_grows_only_on_change(tmp_path: Path) -> None:
+    source = "dicomweb:a@http://127.0.0.1:1/dw"
+    for _ in range(3):
+        RetrievalCache(tmp_path).store(source, "loc/1", b"same")
+    cache = RetrievalCache(tmp_path)
+    cache.store(source, "loc/1", b"same")
+    cache.store(source, "loc/1", b"changed")
+    manifest = next((tmp_path / "sources").rglob("retrieved.jsonl"))
+
+    assert len(manifest.read_text().splitlines()) == 2
 
 
 def test_cache_passes_over_a_cut_manifest_line(tmp_path: Path,
@@ -139,3 +153,81 @@ def test_sources_read_from_the_configuration(tmp_path: Path) -> None:
     assert settings.sources["site_a"]["issuer"] == "SITE-A"
     with pytest.raises(ConfigError, match="'sources' has invalid value"):
         load_settings(None, environ={"PRIORS_SOURCES": "site_a"})
+
+
+def test_patient_id_kept_out_of_retry_logs(caplog: pytest.LogCaptureFixture) -> None:
+    from orthanc_server import free_port
+
+    from priors.sources.dicomweb import DicomwebSource
+    from priors.sources.remote import SourceConnectionError
+
+    source = DicomwebSource(f"http://127.0.0.1:{free_port()}/dicom-web", institution="down",
+                            retries=1, backoff_s=0.01, timeout_s=2.0,
+                            cache=RetrievalCache(Path("/nonexistent-cache")))
+    caplog.set_level("DEBUG")
+    with pytest.raises(SourceConnectionError, match="connection refused") as caught:
+        source.find_studies(StudyQuery(patient_id="PID-NOT-FOR-LOGS"))
+
+    assert "Retrying" in caplog.text
+    assert "PID-NOT-FOR-LOGS" not in caplog.text
+    assert "PID-NOT-FOR-LOGS" not in str(caught.value)
+
+
+def test_pacs_source_opens_offline_without_its_secret(tmp_path: Path) -> None:
+    configured = {"site": {"kind": "dicomweb", "url": "http://127.0.0.1:9/dw",
+                           "institution": "a", "username": "u", "password_env": "UNSET_PW"}}
+
+    sources = open_sources(["site"], configured=configured, issuers={},
+                           cache=RetrievalCache(tmp_path))
+
+    assert list(sources[0].iter_files()) == []
+    with pytest.raises(SourceSpecError, match="UNSET_PW, which is not set"):
+        open_remote_source("site", configured, environ={})
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("dimse:PACS@127.0.0.1:99999", "port 99999: expected 1 to 65535"),
+        ("dimse:WAYTOOLONGAETITLE12345@127.0.0.1:4242", "called AE title"),
+        ("dicomweb:ftp://127.0.0.1/x", "DICOMweb URL"),
+        ("dicomweb:http://user:pw@127.0.0.1:9/x", "takes no credentials"),
+    ],
+)
+def test_bad_adhoc_specs_are_usage_errors(spec: str, words: str) -> None:
+    with pytest.raises(SourceSpecError, match=words):
+        open_remote_source(spec, {})
+
+
+def test_institution_with_separators_refused() -> None:
+    configured = {"site": {"kind": "dimse", "host": "127.0.0.1", "port": 4242,
+                           "called_ae": "PACS", "institution": "a/../b@c"}}
+    with pytest.raises(SourceSpecError, match="institution 'a/../b@c' is invalid"):
+        open_remote_source("site", configured)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "words"),
+    [
+        (["fetch", "dicomweb:http://127.0.0.1:9/dw"], "or --all to fetch every study"),
+        (["fetch", "dicomweb:http://127.0.0.1:9/dw", "--series-uid", "1.2.3"],
+         "--series-uid needs --study-uid"),
+        (["fetch", "dicomweb:http://127.0.0.1:9/dw", "--all", "--workers", "0"],
+         "'0' is not a positive whole number"),
+        (["find", "dimse:PACS@127.0.0.1:99999"], "port 99999: expected 1 to 65535"),
+    ],
+)
+def test_fetch_usage_errors(arguments: list[str], words: str, priors_home: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    from priors.cli import main
+
+    try:
+        status = main(arguments)
+    except SystemExit as exit_:
+        status = exit_.code
+        message = str(exit_.code) if isinstance(exit_.code, str) else ""
+    else:
+        message = ""
+    message += capsys.readouterr().err
+    assert status not in (0, None)
+    assert words in message

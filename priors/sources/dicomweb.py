@@ -56,6 +56,31 @@ __all__ = ["DicomwebSource", "iter_multipart_parts"]
 
 logger = logging.getLogger(__name__)
 
+
+class _QueryRedactor(logging.Filter):
+    """Remove query strings from urllib3's log records.
+
+    urllib3 logs each retry and each DEBUG request with the URL's query string, and a
+    QIDO-RS query carries the Patient ID, so the query is replaced before any handler
+    sees the record.
+    """
+
+    _QUERY = re.compile(r"\?[^\s'\"]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        if "?" in message:
+            record.msg = self._QUERY.sub("?<query removed>", message)
+            record.args = None
+        return True
+
+
+for _name in ("urllib3.connectionpool", "urllib3.util.retry"):
+    logging.getLogger(_name).addFilter(_QueryRedactor())
+
 # HTTP statuses worth another try: rate limiting and a gateway or server that is
 # briefly unavailable. Other errors (400, 401, 404, 500) would fail the same way again.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -488,6 +513,9 @@ class DicomwebSource:
         return []
 
     def _refusal(self, status: int) -> str:
+        if self.auth_kind == "none":
+            return (f"authentication refused (HTTP {status}); the server requires "
+                    "credentials: configure username and password_env, or token_env")
         return (f"authentication refused (HTTP {status}); check the {self.auth_kind} "
                 "credentials")
 
@@ -498,6 +526,10 @@ class DicomwebSource:
         query, and a QIDO-RS query can contain a Patient ID.
         """
         tries = f"{self.retries + 1} tries"
+        if isinstance(err, ValueError) and not isinstance(err, requests.RequestException):
+            # A body that is not DICOM JSON fails the same way on every try.
+            detail = str(err) if "DICOM JSON" in str(err) else "the body is not valid JSON"
+            return f"the server's answer is not DICOM JSON: {detail}"
         status = _http_status(err)
         if status in (401, 403):
             return self._refusal(status)

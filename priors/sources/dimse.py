@@ -230,10 +230,15 @@ def _status_text(code: int, table: dict[int, tuple[str, str]]) -> str:
 class _StoreCollector:
     """Store every C-STORE request received during one retrieve in the cache."""
 
-    def __init__(self, cache: RetrievalCache, source_id: str, sender_ae: str) -> None:
+    def __init__(self, cache: RetrievalCache, source_id: str, sender_ae: str, *,
+                 study_instance_uid: str = "", series_instance_uid: str = "") -> None:
         self.cache = cache
         self.source_id = source_id
         self.sender_ae = sender_ae
+        # What the retrieve asked for: an instance of another study or series is refused,
+        # so a stray or forged C-STORE never enters the cache under this source.
+        self.study_instance_uid = study_instance_uid
+        self.series_instance_uid = series_instance_uid
         self.files: list[SourceFile] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
@@ -253,6 +258,14 @@ class _StoreCollector:
             return self._fail(STORE_CANNOT_UNDERSTAND,
                               f"instance {sop_instance_uid}: (0020,000D) Study Instance UID "
                               "or (0020,000E) Series Instance UID missing")
+        if self.study_instance_uid and study_uid != self.study_instance_uid:
+            return self._fail(STORE_CANNOT_UNDERSTAND,
+                              f"instance {sop_instance_uid}: study {study_uid} was not "
+                              f"requested (expected {self.study_instance_uid}); refused")
+        if self.series_instance_uid and series_uid != self.series_instance_uid:
+            return self._fail(STORE_CANNOT_UNDERSTAND,
+                              f"instance {sop_instance_uid}: series {series_uid} was not "
+                              f"requested (expected {self.series_instance_uid}); refused")
 
         # The data set keeps the bytes and transfer syntax it arrived in; only the File
         # Meta Information is written here, naming the sender.
@@ -318,10 +331,14 @@ class DimseSource:
         ``move_destination``, received by a storage SCP this source starts.
     move_destination
         AE title of the C-MOVE destination; ``calling_ae`` when empty. The PACS must
-        map it to 127.0.0.1 and ``storage_port``.
+        map it to this machine's address and ``storage_port``.
     storage_port
-        Port of the C-MOVE storage SCP on 127.0.0.1; 0 picks a free port, which only
-        works with a PACS that does not need the port configured in advance.
+        Port of the C-MOVE storage SCP; 0 picks a free port, which only works with a
+        PACS that does not need the port configured in advance.
+    storage_host
+        Address the C-MOVE storage SCP listens on: 127.0.0.1 (a PACS on this machine)
+        by default, this machine's address on the PACS's network otherwise. Only the
+        PACS's AE title may store into it, and only while a retrieve runs.
     timeout_s
         Seconds to wait for a connection, an association reply or a DIMSE message.
     cache
@@ -356,11 +373,16 @@ class DimseSource:
         source_id: str | None = None,
         storage_sop_classes: Iterable[str] | None = None,
         tcp_nodelay: bool = True,
+        storage_host: str = "127.0.0.1",
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
         if not 0 < port < 65536:
             raise ValueError(f"port {port}: expected 1 to 65535")
+        if not 0 <= storage_port < 65536:
+            raise ValueError(f"storage port {storage_port}: expected 0 (any free port) "
+                             "to 65535")
+        self.storage_host = storage_host
         self.host = host
         self.port = port
         self.called_ae = _check_ae_title(called_ae, "called AE title")
@@ -523,7 +545,9 @@ class DimseSource:
         level = "SERIES" if series_instance_uid else "STUDY"
         identifier = self._identifier(level, StudyInstanceUID=study_instance_uid,
                                       SeriesInstanceUID=series_instance_uid)
-        collector = _StoreCollector(self.cache, self.source_id, self.called_ae)
+        collector = _StoreCollector(self.cache, self.source_id, self.called_ae,
+                                    study_instance_uid=study_instance_uid,
+                                    series_instance_uid=series_instance_uid)
         result = RetrieveResult(source_id=self.source_id,
                                 study_instance_uid=study_instance_uid,
                                 series_instance_uid=series_instance_uid)
@@ -722,9 +746,15 @@ class DimseSource:
         # NOTE: a PACS that sends C-STORE under an AE title other than its called AE title
         # is rejected here. No option widens the list yet.
         scp.require_calling_aet = [self.called_ae]
-        server = scp.start_server(("127.0.0.1", self.storage_port), block=False,
-                                  evt_handlers=self._handlers(
-                                      (evt.EVT_C_STORE, collector.handle_store)))
+        try:
+            server = scp.start_server((self.storage_host, self.storage_port), block=False,
+                                      evt_handlers=self._handlers(
+                                          (evt.EVT_C_STORE, collector.handle_store)))
+        except OSError as err:
+            raise SourceConnectionError(
+                f"{self.source_id}: cannot start the C-MOVE storage SCP on "
+                f"{self.storage_host}:{self.storage_port}: {err.strerror or err}; choose "
+                "a free storage_port") from err
         assert server is not None, "a non-blocking start_server returns its server"
         self._scp_port = int(server.server_address[1])
         try:
@@ -812,14 +842,14 @@ class DimseSource:
         if self.method != "move":
             return ""
         return (f" (storage SCP {self.move_destination} listening on "
-                f"127.0.0.1:{self._scp_port})")
+                f"{self.storage_host}:{self._scp_port})")
 
     def _move_hint(self) -> str:
         if self.method != "move":
             return ""
         # Orthanc 1.10 returns 0xC000, not 0xA801, for an unknown destination.
         return (f" Check that the PACS maps move destination {self.move_destination} to "
-                f"127.0.0.1:{self._scp_port}.")
+                f"{self.storage_host}:{self._scp_port}.")
 
     def _missing_classes(self, collector: _StoreCollector, result: RetrieveResult) -> str:
         """Name the SOP classes of the instances that did not arrive."""

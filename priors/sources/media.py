@@ -101,7 +101,10 @@ class MediaSource(FolderSource):
         The scan of the folder is what keeps unreferenced instances: media writers
         leave files out of the DICOMDIR, and a damaged DICOMDIR may list none.
         """
-        yield SourceFile(self.source_id, self.dicomdir_path, ROLE_DICOMDIR)
+        # A DICOMDIR that cannot be read is rejected with the reason; its folder is
+        # still scanned below.
+        yield SourceFile(self.source_id, self.dicomdir_path, ROLE_DICOMDIR,
+                         error=self.index_error)
         listed = {_identity(self.dicomdir_path)}
         referenced = 0
         for source_file in self._referenced_files():

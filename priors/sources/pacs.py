@@ -21,6 +21,7 @@ TOML configuration::
     method = "move"                # or "get"
     move_destination = "PRIORS"
     storage_port = 11112
+    storage_host = "10.1.2.50"     # this machine's address on the PACS's network
 
 Secrets are never written in the file: ``password_env`` and ``token_env`` name the
 environment variables that hold them. A command then names the source by its name,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,11 @@ REMOTE_KINDS = ("dicomweb", "dimse")
 _DICOMWEB_KEYS = frozenset({"url", "institution", "issuer", "username", "password_env",
                             "token_env", "timeout_s", "retries", "backoff_s"})
 _DIMSE_KEYS = frozenset({"host", "port", "called_ae", "calling_ae", "institution", "issuer",
-                         "method", "move_destination", "storage_port", "timeout_s"})
+                         "method", "move_destination", "storage_port", "storage_host",
+                         "timeout_s"})
+# An institution name goes into source ids between separators ("@", ":", "/"), so it
+# may hold only letters, digits, dots, hyphens and underscores.
+INSTITUTION_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class SourceSpecError(ValueError):
@@ -75,6 +81,7 @@ def open_remote_source(
     *,
     cache: RetrievalCache | None = None,
     environ: Mapping[str, str] | None = None,
+    offline: bool = False,
 ) -> RemoteSource:
     """Open a PACS by configured name or by an ad hoc ``dicomweb:``/``dimse:`` spec.
 
@@ -90,6 +97,9 @@ def open_remote_source(
     environ
         Environment holding the secrets named by ``password_env`` and ``token_env``;
         ``os.environ`` by default.
+    offline
+        Open the source only to list what it has retrieved already: a secret whose
+        variable is unset is then not an error, since nothing is sent to the PACS.
 
     Raises
     ------
@@ -102,8 +112,12 @@ def open_remote_source(
         table = dict(configured[spec])
         origin = f"[sources.{spec}]"
     elif spec.startswith("dicomweb:"):
-        table = {"kind": "dicomweb", "url": spec.removeprefix("dicomweb:"),
-                 "institution": "adhoc"}
+        url = spec.removeprefix("dicomweb:")
+        if "@" in url.partition("//")[2].partition("/")[0]:
+            raise SourceSpecError(
+                "an ad hoc dicomweb: source takes no credentials in its URL; configure "
+                "the PACS under [sources.<name>] with password_env or token_env")
+        table = {"kind": "dicomweb", "url": url, "institution": "adhoc"}
         origin = spec
     elif spec.startswith("dimse:"):
         table = _parse_dimse_spec(spec)
@@ -116,11 +130,21 @@ def open_remote_source(
             "dimse:<AE>@<host>:<port>"
         )
     kind = table.pop("kind", "")
-    if kind == "dicomweb":
-        return _open_dicomweb(table, origin=origin, env=env, cache=cache)
-    if kind == "dimse":
+    if kind not in REMOTE_KINDS:
+        raise SourceSpecError(
+            f"{origin}: kind {kind!r} is not one of {', '.join(REMOTE_KINDS)}")
+    institution = str(table.get("institution", ""))
+    if institution and not INSTITUTION_PATTERN.match(institution):
+        raise SourceSpecError(f"{origin}: institution {institution!r} is invalid; use "
+                              "letters, digits, '.', '-' and '_' only")
+    try:
+        if kind == "dicomweb":
+            return _open_dicomweb(table, origin=origin, env=env, cache=cache,
+                                  offline=offline)
         return _open_dimse(table, origin=origin, cache=cache)
-    raise SourceSpecError(f"{origin}: kind {kind!r} is not one of {', '.join(REMOTE_KINDS)}")
+    except (TypeError, ValueError) as err:
+        # Constructors check URLs, ports, AE titles and methods with ValueError.
+        raise SourceSpecError(f"{origin}: {err}") from err
 
 
 def open_sources(
@@ -129,6 +153,7 @@ def open_sources(
     configured: Mapping[str, Mapping[str, Any]],
     issuers: Mapping[str, str],
     cache: RetrievalCache | None = None,
+    offline: bool = True,
 ) -> list[Any]:
     """Open every source a command names, paths and PACS alike.
 
@@ -143,6 +168,10 @@ def open_sources(
         Issuer of Patient ID per resolved path, for path sources without one.
     cache
         Retrieval cache of the PACS sources.
+    offline
+        Open PACS sources only to list what they retrieved already (see
+        ``open_remote_source``); true by default, since ingest and the main job read
+        the cache and send nothing to the PACS.
 
     Raises
     ------
@@ -157,7 +186,8 @@ def open_sources(
     for spec in specs:
         text = os.fspath(spec)
         if is_remote_spec(text, configured):
-            sources.append(open_remote_source(text, configured, cache=cache))
+            sources.append(open_remote_source(text, configured, cache=cache,
+                                              offline=offline))
             continue
         path = Path(text)
         if not path.exists():
@@ -196,25 +226,32 @@ def _check_keys(table: Mapping[str, Any], allowed: frozenset[str], *, origin: st
 
 
 def _secret(table: Mapping[str, Any], key: str, *, origin: str,
-            env: Mapping[str, str]) -> str:
+            env: Mapping[str, str], offline: bool) -> str:
     variable = table.get(key, "")
     if not variable:
         return ""
     value = env.get(variable, "")
-    if not value:
+    if not value and not offline:
         raise SourceSpecError(f"{origin}: {key} names the environment variable "
                               f"{variable}, which is not set")
     return value
 
 
 def _open_dicomweb(table: dict[str, Any], *, origin: str, env: Mapping[str, str],
-                   cache: RetrievalCache | None) -> RemoteSource:
+                   cache: RetrievalCache | None, offline: bool) -> RemoteSource:
     _check_keys(table, _DICOMWEB_KEYS, origin=origin, required=("url", "institution"))
-    password = _secret(table, "password_env", origin=origin, env=env)
-    token = _secret(table, "token_env", origin=origin, env=env)
-    if password and not table.get("username"):
+    if table.get("password_env") and table.get("token_env"):
+        raise SourceSpecError(f"{origin}: set password_env or token_env, not both")
+    if table.get("password_env") and not table.get("username"):
         raise SourceSpecError(f"{origin}: password_env is set but username is not")
-    from priors.sources.dicomweb import DicomwebSource
+    password = _secret(table, "password_env", origin=origin, env=env, offline=offline)
+    token = _secret(table, "token_env", origin=origin, env=env, offline=offline)
+    try:
+        from priors.sources.dicomweb import DicomwebSource
+    except ImportError as err:
+        raise SourceSpecError(f"{origin}: DICOMweb needs {err.name}, which is not "
+                              "installed; install priors with its pacs extra "
+                              "(pip install 'priors[pacs]')") from err
 
     return DicomwebSource(
         str(table["url"]),
@@ -234,7 +271,12 @@ def _open_dimse(table: dict[str, Any], *, origin: str,
                 cache: RetrievalCache | None) -> RemoteSource:
     _check_keys(table, _DIMSE_KEYS, origin=origin,
                 required=("host", "port", "called_ae", "institution"))
-    from priors.sources.dimse import DimseSource
+    try:
+        from priors.sources.dimse import DimseSource
+    except ImportError as err:
+        raise SourceSpecError(f"{origin}: DIMSE needs {err.name}, which is not "
+                              "installed; install priors with its pacs extra "
+                              "(pip install 'priors[pacs]')") from err
 
     return DimseSource(
         str(table["host"]),
@@ -246,6 +288,7 @@ def _open_dimse(table: dict[str, Any], *, origin: str,
         method=str(table.get("method", "get")),
         move_destination=str(table.get("move_destination", "")),
         storage_port=int(table.get("storage_port", 0)),
+        storage_host=str(table.get("storage_host", "127.0.0.1")),
         timeout_s=float(table.get("timeout_s", 30.0)),
         cache=cache,
     )

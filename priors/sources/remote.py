@@ -20,6 +20,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -71,6 +72,13 @@ def validate_date_range(value: str) -> str:
     if match.group(2) is None and match.group(3) is not None:
         raise ValueError(f"date range {value!r}: two dates need a hyphen between them")
     start, end = match.group(1), match.group(3)
+    for date in (start, end):
+        if date:
+            try:
+                datetime.strptime(date, "%Y%m%d")
+            except ValueError:
+                raise ValueError(f"date range {value!r}: {date} is not a calendar date") \
+                    from None
     if start and end and start > end:
         raise ValueError(f"date range {value!r}: starts after it ends")
     return value
@@ -217,6 +225,9 @@ class RetrievalCache:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root is not None else default_pacs_cache_dir()
         self._lock = threading.Lock()
+        # Per source, the object recorded last for each location, read from the manifest
+        # on first use, so that fetching the same instance again adds no line.
+        self._latest: dict[str, dict[str, str]] = {}
 
     def put_bytes(self, data: bytes) -> Path:
         """Store bytes and return the object's path."""
@@ -239,9 +250,14 @@ class RetrievalCache:
         manifest = self._manifest_path(source_id)
         line = json.dumps({"location": location, "object": path.name}) + "\n"
         with self._lock:
-            manifest.parent.mkdir(parents=True, exist_ok=True)
-            with open(manifest, "a", encoding="utf-8") as stream:
-                stream.write(line)
+            latest = self._latest.get(source_id)
+            if latest is None:
+                latest = self._latest[source_id] = self._read_manifest(source_id)
+            if latest.get(location) != path.name:
+                manifest.parent.mkdir(parents=True, exist_ok=True)
+                with open(manifest, "a", encoding="utf-8") as stream:
+                    stream.write(line)
+                latest[location] = path.name
         return SourceFile(source_id=source_id, path=path, role=ROLE_INSTANCE,
                           location=location)
 
@@ -251,10 +267,19 @@ class RetrievalCache:
 
     def iter_files(self, source_id: str) -> Iterator[SourceFile]:
         """Yield the latest object of every location retrieved from a source."""
+        latest = self._read_manifest(source_id)
+        for location in sorted(latest):
+            name = latest[location]
+            yield SourceFile(source_id=source_id,
+                             path=self._object_path(name.removesuffix(".dcm")),
+                             role=ROLE_INSTANCE, location=location)
+
+    def _read_manifest(self, source_id: str) -> dict[str, str]:
+        """Return the object recorded last for each location of a source."""
         manifest = self._manifest_path(source_id)
-        if not manifest.is_file():
-            return
         latest: dict[str, str] = {}
+        if not manifest.is_file():
+            return latest
         with open(manifest, encoding="utf-8") as stream:
             for number, line in enumerate(stream, start=1):
                 try:
@@ -265,11 +290,7 @@ class RetrievalCache:
                     # wrote it did not finish, and its object is retrieved again.
                     logger.warning("%s line %d: unreadable manifest entry skipped",
                                    manifest, number)
-        for location in sorted(latest):
-            name = latest[location]
-            yield SourceFile(source_id=source_id,
-                             path=self._object_path(name.removesuffix(".dcm")),
-                             role=ROLE_INSTANCE, location=location)
+        return latest
 
     def _object_path(self, digest: str) -> Path:
         return self.root / "objects" / digest[:2] / f"{digest}.dcm"
