@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,10 @@ MAX_MEMORY_SHARE = 0.5
 # the same number of processes.
 TARGET_RATE = 2000
 TARGET_SHARE_OF_PYDICOM = 0.5
+# How often the CPU time of the ingest workers is read from /proc: often enough that
+# the time missed after a worker's last sample is about 1% of a 5 s ingest.
+SAMPLE_SECONDS = 0.05
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _series_template(
@@ -214,33 +219,33 @@ def _time_cat(paths: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def _dcmread_loop(paths: list[str]) -> float:
-    """Read every header with pydicom, pixels left out; return the loop's wall time."""
+def _dcmread_loop(paths: list[str]) -> tuple[float, float]:
+    """Read every header with pydicom, pixels left out; return wall and CPU seconds."""
     import pydicom
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for path in paths:
         pydicom.dcmread(path, stop_before_pixels=True)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def _import_pydicom() -> None:
     import pydicom  # noqa: F401
 
 
-def _time_dcmread_processes(paths: list[str], *, workers: int) -> float:
+def _time_dcmread_processes(paths: list[str], *, workers: int) -> tuple[float, float]:
     """Return the wall time of the pydicom loop split over ``workers`` spawned processes.
 
     The workers import pydicom and complete one call before the clock starts, so their
-    start-up is not timed.
+    start-up is not timed. The second value is the CPU seconds of all workers together.
     """
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_import_pydicom) as pool:
         pool.map(_hold_worker, range(workers), chunksize=1)
         shares = [paths[index::workers] for index in range(workers)]
         start = time.perf_counter()
-        pool.map(_dcmread_loop, shares, chunksize=1)
-        return time.perf_counter() - start
+        loops = pool.map(_dcmread_loop, shares, chunksize=1)
+        return time.perf_counter() - start, sum(cpu for _, cpu in loops)
 
 
 def _hold_worker(_index: int) -> None:
@@ -248,18 +253,112 @@ def _hold_worker(_index: int) -> None:
     time.sleep(0.2)
 
 
-def _time_ingest(root: Path, catalog_url: str, *, workers: int) -> tuple[float, dict]:
+def _time_ingest(root: Path, catalog_url: str, *,
+                 workers: int) -> tuple[float, float | None, dict]:
+    """Return the wall seconds of one ingest, its CPU seconds and its report.
+
+    CPU seconds are this process's (every thread) plus its descendants', the ingest
+    workers; None where /proc does not list child processes.
+    """
     from priors.catalog import Catalog
     from priors.sources import FolderSource
 
     catalog = Catalog(catalog_url)
+    sampler = _DescendantCPU()
     try:
+        sampler.start()
+        own_start = _own_cpu()
         start = time.perf_counter()
         report = catalog.ingest([FolderSource(root)], workers=workers)
         wall = time.perf_counter() - start
+        own = _own_cpu() - own_start
     finally:
+        sampler.stop()
         catalog.close()
-    return wall, report.as_dict()
+    descendants = sampler.seconds()
+    return wall, None if descendants is None else own + descendants, report.as_dict()
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+class _DescendantCPU:
+    """CPU seconds used by the descendants of this process while it runs.
+
+    A thread reads /proc every ``SAMPLE_SECONDS``: the ingest's worker processes come
+    from a fork server, which reaps them itself, so their CPU time never reaches this
+    process's ``RUSAGE_CHILDREN``. A worker's CPU after the last sample before it
+    exits is missed, at most ``SAMPLE_SECONDS`` a worker.
+    """
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._available = Path(f"/proc/{self._pid}/task/{self._pid}/children").exists()
+        # CPU seconds of each process when sampling started (0 for processes started
+        # since) and at its latest sample.
+        self._first: dict[int, float] = {}
+        self._latest: dict[int, float] = {}
+
+    def start(self) -> None:
+        if self._available:
+            self._sample()
+            self._first = dict(self._latest)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._available:
+            self._stopped.set()
+            self._thread.join()
+            self._sample()
+
+    def seconds(self) -> float | None:
+        if not self._available:
+            return None
+        return sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._latest.items())
+
+    def _run(self) -> None:
+        while not self._stopped.wait(SAMPLE_SECONDS):
+            self._sample()
+
+    def _sample(self) -> None:
+        for pid in _descendants(self._pid):
+            cpu = _process_cpu(pid)
+            if cpu is not None:
+                self._latest[pid] = cpu
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            found += [int(child) for child in children]
+            pending += [int(child) for child in children]
+    return found
+
+
+def _process_cpu(pid: int) -> float | None:
+    # utime and stime, the 14th and 15th fields of /proc/PID/stat, in clock ticks. The
+    # command name in brackets may contain spaces, so fields are counted after it.
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _machine() -> str:
@@ -322,57 +421,87 @@ def run_benchmark(*, instances: int, matrix: int, workers: int, repeats: int,
 
 
 def _measure_round(names: list[str], root: Path, catalog_path: Path, *,
-                   workers: int) -> dict[str, float]:
+                   workers: int) -> dict[str, dict]:
     """Time every tool once, in a fixed order, and return the seconds of each by name.
+
+    Returns wall seconds under ``seconds`` and CPU seconds under ``cpu`` (None where
+    not measured).
 
     Each round ingests into a new catalog file. Rounds repeat the whole sequence, so
     that load from other processes spreads over every tool.
     """
-    seconds = {
-        "cat": _time_cat(names),
-        "pydicom, 1 process": _dcmread_loop(names),
-        f"pydicom, {workers} processes": _time_dcmread_processes(names, workers=workers),
-    }
+    seconds: dict[str, float] = {"cat": _time_cat(names)}
+    cpu: dict[str, float | None] = {"cat": None}
+    seconds["pydicom, 1 process"], cpu["pydicom, 1 process"] = _dcmread_loop(names)
+    split = f"pydicom, {workers} processes"
+    seconds[split], cpu[split] = _time_dcmread_processes(names, workers=workers)
     url = f"sqlite:///{catalog_path}"
-    seconds[f"ingest, {workers} workers"], report = _time_ingest(root, url, workers=workers)
-    seconds["re-ingest, unchanged"], again = _time_ingest(root, url, workers=workers)
+    ingest = f"ingest, {workers} workers"
+    seconds[ingest], cpu[ingest], report = _time_ingest(root, url, workers=workers)
+    again_name = "re-ingest, unchanged"
+    seconds[again_name], cpu[again_name], again = _time_ingest(root, url, workers=workers)
     if report.get("indexed") != len(names) or again.get("files_read") != 0:
         raise RuntimeError(
             f"expected {len(names)} files indexed and none read again, got {report} "
             f"and {again}"
         )
-    return seconds
+    return {"seconds": seconds, "cpu": cpu}
 
 
-def _print_figures(runs: list[dict[str, float]], *, count: int, workers: int) -> dict:
+def _print_figures(rounds: list[dict[str, dict]], *, count: int, workers: int) -> dict:
+    runs = [item["seconds"] for item in rounds]
     medians = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    cpu_medians = _cpu_medians([item["cpu"] for item in rounds])
     rates = {name: count / value for name, value in medians.items()}
     ingest_name = f"ingest, {workers} workers"
+    split_name = f"pydicom, {workers} processes"
     ingest = rates[ingest_name]
-    print(f"\n{len(runs)} rounds; median, min and max seconds; rates from the median")
+    print(f"\n{len(runs)} rounds; median, min and max seconds; rates from the median; "
+          "CPU of every process involved, median")
     print(f"{'measurement':<24} {'median s':>9} {'min s':>7} {'max s':>7} "
-          f"{'instances/s':>12} {'ingest ratio':>13}")
+          f"{'instances/s':>12} {'ingest ratio':>13} {'CPU us/file':>12}")
     for name, value in medians.items():
         values = [run[name] for run in runs]
         ratio = "" if name.startswith("re-ingest") else f"{ingest / rates[name]:>13.2f}"
         rate = "" if name.startswith("re-ingest") else f"{rates[name]:>12.0f}"
+        cpu = cpu_medians.get(name)
+        cpu_text = "" if cpu is None else f"{cpu / count * 1e6:>12.0f}"
         print(f"{name:<24} {value:>9.2f} {min(values):>7.2f} {max(values):>7.2f} "
-              f"{rate:>12} {ratio:>13}")
-    share = ingest / rates[f"pydicom, {workers} processes"]
+              f"{rate:>12} {ratio:>13} {cpu_text:>12}")
+    share = ingest / rates[split_name]
     print(f"first ingest of the run (starts the worker fork server): "
           f"{count / runs[0][ingest_name]:.0f} instances/s")
     print(f"\ningest: {ingest:.0f} instances/s (target {TARGET_RATE}), "
           f"{share:.0%} of bare pydicom on {workers} processes "
           f"(target {TARGET_SHARE_OF_PYDICOM:.0%})")
+    cpu_share = None
+    if cpu_medians.get(ingest_name) and cpu_medians.get(split_name):
+        # On an otherwise idle machine the wall-time share tends to this: both keep
+        # every core busy, so their rates go as the inverse of their CPU per file.
+        cpu_share = cpu_medians[split_name] / cpu_medians[ingest_name]
+        print(f"CPU per file: bare pydicom on {workers} processes uses {cpu_share:.0%} of "
+              "ingest's (the share expected on an idle machine)")
     return {
         "instances": count,
         "workers": workers,
         "rounds": runs,
+        "cpu_rounds": [item["cpu"] for item in rounds],
         "median_seconds": medians,
+        "median_cpu_seconds": cpu_medians,
         "instances_per_s": {name: rate for name, rate in rates.items()
                             if not name.startswith("re-ingest")},
         "ingest_share_of_pydicom": share,
+        "ingest_cpu_share_of_pydicom": cpu_share,
     }
+
+
+def _cpu_medians(rounds: list[dict[str, float | None]]) -> dict[str, float]:
+    medians = {}
+    for name in rounds[0]:
+        values = [run[name] for run in rounds]
+        if all(value is not None for value in values):
+            medians[name] = statistics.median(values)
+    return medians
 
 
 def main(argv: list[str] | None = None) -> int:

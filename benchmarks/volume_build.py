@@ -57,10 +57,13 @@ def _phantom_slice(rng: np.random.Generator, size: int, k: int, slices: int) -> 
     return np.rint(hu - HU_INTERCEPT).astype(np.int16)
 
 
-def write_series(folder: Path, *, size: int, slices: int, seed: int = 0) -> list[Path]:
+def write_series(
+    folder: Path, *, size: int, slices: int, bits_stored: int = 16, seed: int = 0
+) -> list[Path]:
     """Write an axial CT series with the headers a scanner writes; return the file paths.
 
     Files are named by SOP Instance UID, so directory order is unrelated to slice order.
+    Values are signed 16-bit words, of which (0028,0101) Bits Stored are used.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -111,8 +114,8 @@ def write_series(folder: Path, *, size: int, slices: int, seed: int = 0) -> list
         ds.Rows = ds.Columns = size
         ds.PixelSpacing = [f"{PIXEL_SPACING_MM:g}", f"{PIXEL_SPACING_MM:g}"]
         ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
+        ds.BitsStored = bits_stored
+        ds.HighBit = bits_stored - 1
         ds.PixelRepresentation = 1
         ds.WindowCenter = "40"
         ds.WindowWidth = "400"
@@ -226,7 +229,9 @@ def _dcm2niix_version(executable: str) -> str:
     return next((line.strip() for line in lines if "v1." in line), "unknown version")
 
 
-def run_benchmark(*, size: int, slices: int, repeats: int, keep: Path | None) -> dict:
+def run_benchmark(
+    *, size: int, slices: int, bits_stored: int, repeats: int, keep: Path | None
+) -> dict:
     """Write the series, time every converter, print a table and return the figures."""
     dcm2niix = shutil.which("dcm2niix")
     tools = [tool for tool in TOOLS if tool != "dcm2niix" or dcm2niix]
@@ -238,10 +243,11 @@ def run_benchmark(*, size: int, slices: int, repeats: int, keep: Path | None) ->
         folder = workdir / "series"
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        paths = write_series(folder, size=size, slices=slices)
+        paths = write_series(folder, size=size, slices=slices, bits_stored=bits_stored)
         megabytes = sum(p.stat().st_size for p in paths) / 2**20
         print(
-            f"wrote {len(paths)} files ({megabytes:.0f} MiB) of {size}x{size} int16 in "
+            f"wrote {len(paths)} files ({megabytes:.0f} MiB) of {size}x{size} int16 "
+            f"(Bits Stored {bits_stored}) in "
             f"{time.perf_counter() - start:.1f} s to {folder}"
         )
         print(f"machine: {_machine()}")
@@ -304,6 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="rows and columns per slice")
     parser.add_argument("--slices", type=int, default=300, help="number of slices")
+    parser.add_argument(
+        "--bits-stored",
+        type=int,
+        choices=range(12, 17),
+        default=16,
+        metavar="{12..16}",
+        help="(0028,0101) Bits Stored of the written series; CT scanners often write 12",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per converter")
     parser.add_argument(
         "--keep", type=Path, help="write the series under this folder and keep it afterwards"
@@ -322,7 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     figures = run_benchmark(
-        size=args.size, slices=args.slices, repeats=args.repeats, keep=args.keep
+        size=args.size,
+        slices=args.slices,
+        bits_stored=args.bits_stored,
+        repeats=args.repeats,
+        keep=args.keep,
     )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

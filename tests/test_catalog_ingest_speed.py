@@ -1,12 +1,14 @@
 """The fast paths of ingest give what the plain pydicom paths give.
 
-Covers the raw value decoder of the header parser, the single read of small files,
-the bulk catalog writes and the ingest benchmark script.
+Covers the raw value decoder of the header parser and its memo, the single read of
+small files, the bulk catalog writes and the ingest benchmark script.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import struct
 import subprocess
 import sys
@@ -22,7 +24,12 @@ import priors.catalog.examine as examine_module
 import priors.dicom.header as header_module
 from priors.catalog import Catalog
 from priors.catalog.examine import examine_file
-from priors.dicom.header import attribute_value, header_from_dataset, read_dataset
+from priors.dicom.header import (
+    InstanceHeader,
+    attribute_value,
+    header_from_dataset,
+    read_dataset,
+)
 from priors.sources import FolderSource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +90,10 @@ def _bare_dataset(elements: list[tuple[int, bytes, bytes]]) -> Dataset:
 
 def _slow_header(ds: Dataset, monkeypatch: pytest.MonkeyPatch, *,
                  syntax: str = ExplicitVRLittleEndian):
-    # The header as pydicom's own conversion gives it, with the raw decoder off.
+    # The header as pydicom's own conversion gives it, with the raw decoder and its
+    # memo off.
     with monkeypatch.context() as patched:
-        patched.setattr(header_module, "_raw_value",
-                        lambda *args, **kwargs: header_module._NOT_DECODED)
+        patched.setattr(header_module, "_raw_decoding_enabled", lambda: False)
         return header_from_dataset(ds, transfer_syntax_uid=syntax)
 
 
@@ -259,7 +266,12 @@ def test_benchmark_script_runs(tmp_path: Path) -> None:
 
     assert completed.returncode == 0, completed.stderr
     assert "ingest, 2 workers" in completed.stdout
-    assert '"instances": 40' in output.read_text()
+    figures = json.loads(output.read_text())
+    assert figures["instances"] == 40
+    if Path("/proc/self/task").is_dir():
+        # The workers' CPU time is read from /proc, so it is there on Linux only.
+        assert figures["median_cpu_seconds"]["ingest, 2 workers"] > 0
+        assert figures["ingest_cpu_share_of_pydicom"] > 0
 
 
 @pytest.mark.shared_data
@@ -281,3 +293,86 @@ def test_spine_headers_match_pydicom(shared_data: Path, cd: str,
         compared += 1
 
     assert compared > 60
+
+
+def test_memo_keeps_vr_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same bytes decode differently as CS (split after stripping the whole value)
+    # and as LO (each value stripped), so a memoised result must not cross VRs.
+    headers = []
+    for vr in (b"CS", b"LO", b"CS"):
+        elements = [(0x00080005, b"CS", b"ISO_IR 100"), (0x00080060, vr, b"A \\B")]
+        fast = header_from_dataset(_bare_dataset(elements),
+                                   transfer_syntax_uid=ExplicitVRLittleEndian)
+        slow = _slow_header(_bare_dataset(elements), monkeypatch)
+        assert fast == slow, vr
+        headers.append(fast.modality)
+
+    assert headers == ["A \\B", "A\\B", "A \\B"]
+
+
+def test_memo_follows_changed_values() -> None:
+    # Consecutive instances of one series differ in a few attributes only.
+    for index in range(3):
+        elements = [(0x00200013, b"IS", str(index + 1).encode()),
+                    (0x00200032, b"DS", f"0\\0\\{index * 2.5}".encode()),
+                    (0x00080060, b"CS", b"CT")]
+        header = header_from_dataset(_bare_dataset(elements),
+                                     transfer_syntax_uid=ExplicitVRLittleEndian)
+
+        assert header.instance_number == index + 1
+        assert header.image_position_patient == (0.0, 0.0, index * 2.5)
+        assert header.modality == "CT"
+
+
+def test_memo_stays_small(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    _write_tree(root)
+    for path in sorted(root.rglob("*.dcm")):
+        examine_file(str(path), "instance")
+
+    # One entry per (conversion, keyword), however many instances are parsed.
+    assert len(header_module._MEMO) <= len(dataclasses.fields(InstanceHeader))
+
+
+def test_non_finite_numbers_parsed_none() -> None:
+    # pydicom reads these DS values as NaN and infinity; the header holds None, as
+    # the catalog stores them.
+    with pytest.warns(UserWarning, match="Invalid value for VR DS"):
+        ds = Dataset()
+        ds.SliceThickness = "NaN"
+        ds.ImagePositionPatient = ["inf", "0", "0"]
+        ds.EchoTime = "-inf"
+    ds.PixelSpacing = ["0.5", "0.5"]
+    header = header_from_dataset(ds, transfer_syntax_uid=ExplicitVRLittleEndian)
+
+    assert header.slice_thickness is None
+    assert header.image_position_patient is None
+    assert header.echo_time is None
+    assert header.pixel_spacing == (0.5, 0.5)
+
+
+@pytest.mark.parametrize("size_change", [-100, 0, 100])
+def test_single_read_gets_whole_file(tmp_path: Path, size_change: int) -> None:
+    # ``size`` comes from an earlier stat(); the file may have grown or shrunk since.
+    path = tmp_path / "ct.dcm"
+    _ct_dataset(f"{UID_ROOT}.3.40", series="4", patient="P1", pixel_value=3).save_as(
+        path, enforce_file_format=True
+    )
+    content = path.read_bytes()
+    kind, data = examine_module._sniff_and_read(str(path), len(content) + size_change)
+
+    assert kind == "dicom-part10"
+    assert data == content
+
+
+def test_single_read_skips_large_file(tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ct.dcm"
+    _ct_dataset(f"{UID_ROOT}.3.41", series="4", patient="P1", pixel_value=3).save_as(
+        path, enforce_file_format=True
+    )
+    monkeypatch.setattr(examine_module, "SINGLE_READ_MAX_BYTES", 200)
+
+    assert examine_module._sniff_and_read(str(path), path.stat().st_size) == (
+        "dicom-part10", None
+    )

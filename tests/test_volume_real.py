@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
+from scipy import ndimage, optimize
 
 from priors.dicom.volume import Volume, build_volumes
 
@@ -367,38 +367,90 @@ def correlation_after_shift(fixed: sitk.Image, moving: sitk.Image, shift_lps: li
     return correlation(moved[inside], sitk.GetArrayViewFromImage(fixed)[inside])
 
 
-# Search range and step for the table-moved overlay, mm: the range covers a one-slice
-# (4 mm) error along the slice normal, the step is well under the 2.8 mm pixel spacing.
-OVERLAY_SEARCH_MM = 4.0
-OVERLAY_STEP_MM = 0.25
+def best_translation_lps(fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:
+    """Fit the translation (LPS mm) that maximises the correlation of moving onto fixed.
+
+    All three components are fitted together to sub-voxel precision (Powell), starting
+    at zero. Moving is resampled linearly onto the fixed grid over the voxels both cover.
+    """
+    result = optimize.minimize(
+        lambda shift: -correlation_after_shift(fixed, moving, list(shift)),
+        np.zeros(3),
+        method="Powell",
+        options={"xtol": OVERLAY_FIT_TOLERANCE_MM, "ftol": 1e-12},
+    )
+    return np.asarray(result.x)
+
+
+def correlation_at_slice_offset(fixed: sitk.Image, moving: sitk.Image, offset: int) -> float:
+    """Correlate the slices of two stacks on one slice grid, moving shifted by whole slices.
+
+    Both grids must share in-plane geometry and slice positions where they overlap, so
+    no voxel is interpolated.
+    """
+    step = fixed.GetSpacing()[2]
+    first = int(round((fixed.GetOrigin()[2] - moving.GetOrigin()[2]) / step)) + offset
+    count = min(fixed.GetSize()[2], moving.GetSize()[2] - first)
+    fixed_slices = sitk.GetArrayViewFromImage(fixed)[:count]
+    moving_slices = sitk.GetArrayViewFromImage(moving)[first : first + count]
+    return correlation(fixed_slices.ravel(), moving_slices.ravel())
+
+
+# Powell stops when a step changes the translation by less than this, mm.
+OVERLAY_FIT_TOLERANCE_MM = 1e-3
+# Largest in-plane offset of the table-moved overlay, mm: under a fifth of a 2.8 mm pixel.
+OVERLAY_LIMIT_MM = 0.5
+# Along z the fitted translation is +0.59 mm, in this data and in dcm2niix's (see below).
+OVERLAY_LIMIT_Z_MM = 1.0
+# Our overlay and dcm2niix's may differ by this much, mm: well under a tenth of a voxel.
+SAME_OVERLAY_TOLERANCE_MM = 0.05
+
+
+def echo_1_magnitude(shared_data: Path, series: str) -> sitk.Image:
+    volumes, _ = build_volumes(files(shared_data / "table-moved" / "In" / "Ph" / series))
+    (volume,) = [v for v in volumes if v.stack_label == MAGNITUDE_ECHO_1]
+    return sitk.Cast(volume.image, sitk.sitkFloat64)
 
 
 def test_table_moved_series_overlay(shared_data: Path) -> None:
     # The table moved 60 mm between the series; Image Position (Patient) follows the
     # patient, so the two echo-1 magnitude volumes must overlay as built.
-    built = []
-    for series in TABLE_MOVED_SERIES:
-        volumes, _ = build_volumes(files(shared_data / "table-moved" / "In" / "Ph" / series))
-        (volume,) = [v for v in volumes if v.stack_label == MAGNITUDE_ECHO_1]
-        built.append(sitk.Cast(volume.image, sitk.sitkFloat64))
-    fixed, moving = built
+    fixed, moving = (echo_1_magnitude(shared_data, series) for series in TABLE_MOVED_SERIES)
+    # ITK's NIfTI reader turns dcm2niix's RAS affine into LPS geometry.
+    fixed_reference, moving_reference = (
+        sitk.Cast(
+            sitk.ReadImage(str(shared_data / "table-moved" / "Ref" / f"Ph_727468159_{s}_e1.nii")),
+            sitk.sitkFloat64,
+        )
+        for s in TABLE_MOVED_SERIES
+    )
 
     # The field of view moved with the table, so the origins differ by 60 mm.
     assert np.subtract(moving.GetOrigin(), fixed.GetOrigin()) == pytest.approx(
         (0.0, 0.0, -60.0), abs=POSITION_TOLERANCE_MM
     )
-    candidates = np.arange(-OVERLAY_SEARCH_MM, OVERLAY_SEARCH_MM + 1e-9, OVERLAY_STEP_MM)
-    for axis, limit_mm in ((0, 0.5), (1, 0.5), (2, 1.0)):
-        scores = []
-        for offset in candidates:
-            shift = [0.0, 0.0, 0.0]
-            shift[axis] = float(offset)
-            scores.append(correlation_after_shift(fixed, moving, shift))
-        best = float(candidates[int(np.argmax(scores))])
-        # NOTE: along z (4 mm slices) the correlation peaks at +0.5..+0.75 mm whichever
-        # series is resampled onto the other, so the phantom itself sits about 0.6 mm
-        # apart; the limit there is a quarter slice, which still catches a one-slice error.
-        assert abs(best) <= limit_mm, f"axis {axis}: best shift {best} mm"
+    # Both stacks share one 4 mm slice grid: without interpolation, the slices at equal
+    # positions match better than those one slice apart either way.
+    aligned = correlation_at_slice_offset(fixed, moving, 0)
+    assert aligned > correlation_at_slice_offset(fixed, moving, -1)
+    assert aligned > correlation_at_slice_offset(fixed, moving, 1)
+
+    shift = best_translation_lps(fixed, moving)
+    reference_shift = best_translation_lps(fixed_reference, moving_reference)
+    assert shift == pytest.approx(reference_shift, abs=SAME_OVERLAY_TOLERANCE_MM)
+    assert abs(shift[0]) <= OVERLAY_LIMIT_MM, f"best shift {shift} mm"
+    assert abs(shift[1]) <= OVERLAY_LIMIT_MM, f"best shift {shift} mm"
+    # NOTE: along z the best translation is +0.59 mm (cubic B-spline: +0.58 mm; whole
+    # slices, no interpolation, with a parabola through the three scores: +0.66 mm),
+    # so the limit of 0.5 mm is met in plane only. The offset is in the acquired images,
+    # not in how they are built: the slice positions are whole millimetres on one grid,
+    # and dcm2niix's volumes give the same translation. The two acquisitions differ by
+    # more than a translation: fitted over five slices at a time, the z offset ranges
+    # from +0.35 mm (around z = -46 mm) to +0.85 mm (around z = -22 mm), and the in-plane
+    # scale differs by 0.2 % at z = -58 mm but not at z = -2 mm. Gradient non-linearity,
+    # which differs between table positions 60 mm apart, would do this; that cause is
+    # an inference, not measured.
+    assert abs(shift[2]) <= OVERLAY_LIMIT_Z_MM, f"best shift {shift} mm"
 
 
 def test_angled_spine_blocks_split(shared_data: Path) -> None:

@@ -21,11 +21,29 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from priors.dicom import _volume_frames
 from priors.dicom.convert import run_convert
 from priors.dicom.volume import build_volumes
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+# Element values longer than this stay in the file in the "left in file" runs. The test
+# images are small, so without it their Pixel Data would always be read with the header.
+SMALL_DEFER_SIZE_BYTES = 64
+
+
+@pytest.fixture(autouse=True, params=["read with header", "left in file"])
+def pixel_data_placement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every case twice: Pixel Data read with the header, and read later from the file.
+
+    The second run takes the path that reads native 16-bit slices straight into the
+    image, and has pydicom defer the larger header values (such as enhanced functional
+    groups) as well.
+    """
+    if request.param == "left in file":
+        monkeypatch.setattr(_volume_frames, "DEFER_SIZE_BYTES", SMALL_DEFER_SIZE_BYTES)
+    return request.param
 
 
 def write_slice(

@@ -33,6 +33,7 @@ from priors.catalog.models import (
     SeriesModel,
     SourceModel,
     StudyModel,
+    dump_json,
 )
 from priors.catalog.rows import (
     OUTCOME_REJECTED,
@@ -84,9 +85,10 @@ class Catalog:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = create_engine(url)
+        self.engine: Engine = create_engine(url, json_serializer=dump_json)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _configure_sqlite)
+            _create_private(self.engine.url.database)
         Base.metadata.create_all(self.engine)
 
     def close(self) -> None:
@@ -671,6 +673,21 @@ def _patient_row(row: PatientRecordModel) -> PatientRecordRow:
         patient_sex=row.patient_sex,
         other_patient_ids=tuple((str(a), str(b)) for a, b in row.other_patient_ids or ()),
     )
+
+
+def _create_private(database: str | None) -> None:
+    """Create a SQLite catalog file readable by its owner only, since it holds identifiers."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        descriptor = os.open(database, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as err:
+        # SQLite reports a folder that does not exist more clearly than this would.
+        logger.debug("cannot create %s ahead of SQLite: %s", database, err)
+        return
+    os.close(descriptor)
 
 
 def _configure_sqlite(connection: Any, _record: Any) -> None:

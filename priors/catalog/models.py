@@ -6,10 +6,12 @@ them. It stores no pixel data. Types are portable between SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -37,6 +39,7 @@ __all__ = [
     "SeriesModel",
     "SourceModel",
     "StudyModel",
+    "dump_json",
 ]
 
 # Text columns have no length limit: invalid files carry over-long UIDs and codes,
@@ -96,15 +99,69 @@ class CatalogJSON(TypeDecorator[Any]):
         return _finite(value)
 
 
+def dump_json(value: Any) -> str:
+    """Serialize a column value to JSON text for the engine's JSON columns.
+
+    orjson writes a value in about a tenth of the time of the standard library's
+    encoder. Values that orjson rejects (keys that are not strings, integers beyond
+    64 bits, strings with lone surrogates, float subclasses such as numpy's) are
+    written by ``json.dumps``, so every value that was storable before still is. Both
+    give text that reads back as the same value. Non-finite numbers never get here
+    because ``CatalogJSON`` replaces them first.
+    """
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 def _finite(value: Any) -> Any:
+    # Nearly every value (every instance header) is finite throughout, and checking
+    # one takes about 3 us against 15 us for rebuilding it.
+    if _all_finite(value):
+        return value
+    return _finite_copy(value)
+
+
+def _all_finite(value: Any) -> bool:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    elif isinstance(value, float):
+        return math.isfinite(value)
+    elif isinstance(value, dict):
+        items = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return True
+    for item in items:
+        kind = type(item)
+        if kind is str or kind is int or item is None:
+            continue
+        if kind is float:
+            if not math.isfinite(item):
+                return False
+        elif not _all_finite(item):
+            return False
+    return True
+
+
+def _finite_copy(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: _finite_copy(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         if any(isinstance(item, float) and not math.isfinite(item) for item in value):
             return None
-        return [_finite(item) for item in value]
+        return [_finite_copy(item) for item in value]
     return value
 
 

@@ -159,7 +159,7 @@ class IngestReport:
         return self.to_dict()
 
     def render_text(self) -> str:
-        """Return the counts and the reason of every rejected file as plain text."""
+        """Return the counts, every rejected file with its reason, and the sources' issues."""
         lines = [
             f"found {self.found}: " + ", ".join(f"{name} {self.counts.get(name, 0)}"
                                                 for name in OUTCOMES),
@@ -169,4 +169,6 @@ class IngestReport:
         ]
         lines += [f"rejected {item.location}: {item.reason}" for item in self.files
                   if item.outcome == OUTCOME_REJECTED]
+        # Problems of the sources themselves: damaged DICOMDIR records, link loops.
+        lines += [f"issue {text}" for text in self.issues]
         return "\n".join(lines)

@@ -175,7 +175,10 @@ class BatchWriter:
                 "ingested_at": now,
             })
         if rows:
-            session.execute(insert(InstanceModel), rows)
+            # A Core INSERT on the table, as for the files: the ORM's bulk path took
+            # about 24 us a row against 20 in batches of 500, collecting commands.
+            instances = InstanceModel.metadata.tables[InstanceModel.__tablename__]
+            session.execute(insert(instances), rows)
 
     def _check_instance(
         self,

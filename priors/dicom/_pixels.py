@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder, pixel_array
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from priors.dicom.header import attribute_value
+
 __all__ = [
+    "NativePixelData",
     "PixelDecodeError",
+    "correct_unused_bits",
     "decode_stored",
     "invert_monochrome1",
+    "locate_native_pixel_data",
     "output_dtype",
     "pixel_sha256",
+    "read_into",
+    "read_native",
     "rescale",
     "rescale_into",
+    "start_array_sha256",
     "start_frame_ranges",
     "start_pixel_sha256",
 ]
@@ -33,8 +46,124 @@ logger = logging.getLogger(__name__)
 INTEGRAL_RESCALE_TOLERANCE = 1e-6
 
 
+# (7FE0,0010) Pixel Data, as a BaseTag so that a lookup skips pydicom's key conversion.
+PIXEL_DATA_TAG = BaseTag(0x7FE00010)
+
+
 class PixelDecodeError(ValueError):
     """Raised when the pixel data of an instance cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class NativePixelData:
+    """Location of uncompressed little-endian pixel data in its file, not yet read."""
+
+    offset: int  # byte offset of the (7FE0,0010) Pixel Data value in the file
+    dtype: np.dtype  # stored type, little endian
+    shape: tuple[int, int, int]  # (frames, rows, columns)
+    bits_stored: int  # (0028,0101) Bits Stored, at most the dtype's bits
+
+    @property
+    def nbytes(self) -> int:
+        """Length of the stored values, without the padding of an odd-length value."""
+        frames, rows, columns = self.shape
+        return frames * rows * columns * self.dtype.itemsize
+
+
+@functools.cache
+def _is_native_little_endian(transfer_syntax: str) -> bool:
+    syntax = UID(transfer_syntax)
+    # Offsets in a deflated data set count inflated bytes, not bytes of the file.
+    return syntax.is_little_endian and not (syntax.is_compressed or syntax.is_deflated)
+
+
+def locate_native_pixel_data(ds: Dataset) -> NativePixelData | None:
+    """Locate Pixel Data that pydicom deferred, when it can be read as stored values.
+
+    Returns None unless the data set was read with Pixel Data deferred (``defer_size``)
+    and the values need no decoder. That takes an uncompressed, undeflated
+    little-endian transfer syntax and one sample per pixel. (0028,0100) Bits Allocated
+    must be 8, 16 or 32 and (0028,0101) Bits Stored at most that, and the declared
+    length must cover Rows x Columns x Number of Frames values. Everything else takes
+    ``decode_stored``.
+    """
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = attribute_value(file_meta, "TransferSyntaxUID") if file_meta is not None else None
+    if not syntax or not _is_native_little_endian(str(syntax)):
+        return None
+    element = ds.get_item(PIXEL_DATA_TAG, keep_deferred=True)
+    if not isinstance(element, RawDataElement) or element.value is not None:
+        return None
+    bits_allocated = attribute_value(ds, "BitsAllocated")
+    if bits_allocated not in (8, 16, 32) or attribute_value(ds, "SamplesPerPixel") not in (None, 1):
+        return None
+    bits_stored = attribute_value(ds, "BitsStored")
+    if not isinstance(bits_stored, int) or not 1 <= bits_stored <= bits_allocated:
+        return None
+    rows, columns = attribute_value(ds, "Rows"), attribute_value(ds, "Columns")
+    frames = attribute_value(ds, "NumberOfFrames", numeric=True)
+    if not isinstance(rows, int) or not isinstance(columns, int):
+        return None
+    try:
+        frame_count = int(frames or 1)
+    except (TypeError, ValueError):
+        return None
+    signed = attribute_value(ds, "PixelRepresentation") == 1
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits_allocated // 8}")
+    shape = (max(frame_count, 1), rows, columns)
+    location = NativePixelData(
+        offset=element.value_tell, dtype=dtype, shape=shape, bits_stored=bits_stored
+    )
+    if element.length < location.nbytes:
+        return None
+    return location
+
+
+def read_into(target: memoryview, path: str, offset: int) -> None:
+    """Fill target with the bytes of a file from offset, without an intermediate copy.
+
+    Raises
+    ------
+    PixelDecodeError
+        When the file ends before target is full.
+    """
+    filled = 0
+    with open(path, "rb", buffering=0) as stream:
+        stream.seek(offset)
+        while filled < len(target):
+            count = stream.readinto(target[filled:])
+            if not count:
+                break
+            filled += count
+    if filled < len(target):
+        raise PixelDecodeError(
+            f"{path}: (7FE0,0010) Pixel Data has {filled} bytes in the file from offset "
+            f"{offset}, expected {len(target)}: the file is truncated"
+        )
+
+
+def read_native(location: NativePixelData, path: str) -> np.ndarray:
+    """Read deferred native pixel data from its file as a (frames, rows, columns) array.
+
+    The values are as written: ``correct_unused_bits`` turns them into stored values
+    when (0028,0101) Bits Stored is less than (0028,0100) Bits Allocated.
+    """
+    array = np.empty(location.shape, dtype=location.dtype)
+    read_into(array.data.cast("B"), path, location.offset)
+    return array
+
+
+def correct_unused_bits(values: np.ndarray, *, bits_stored: int) -> None:
+    """Clear or sign-extend the bits above (0028,0101) Bits Stored, in place.
+
+    Writers may leave any value in the unused high bits of native pixel data. Shifting
+    them out and back, arithmetically for signed types, gives what pydicom 3.0's decoder
+    returns: unsigned values masked, signed values sign-extended from Bits Stored.
+    """
+    shift = values.dtype.itemsize * 8 - bits_stored
+    if shift > 0:
+        np.left_shift(values, shift, out=values)
+        np.right_shift(values, shift, out=values)
 
 
 def _native_stored_array(ds: Dataset) -> np.ndarray | None:
@@ -70,6 +199,16 @@ def _sha256_hex(data: np.ndarray) -> str:
 # data of an instance while the caller reads and decodes the next one.
 _hash_executor: ThreadPoolExecutor | None = None
 _hash_executor_lock = threading.Lock()
+
+
+def _forget_executor() -> None:
+    # A forked child has none of the parent's threads, so it starts an executor of its own.
+    global _hash_executor, _hash_executor_lock
+    _hash_executor = None
+    _hash_executor_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_executor)
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -113,6 +252,15 @@ def start_pixel_sha256(ds: Dataset, decoded: np.ndarray) -> Future[str]:
 
 def _frame_ranges(decoded: np.ndarray) -> np.ndarray:
     return np.stack([decoded.min(axis=(1, 2)), decoded.max(axis=(1, 2))], axis=1)
+
+
+def start_array_sha256(stored: np.ndarray) -> Future[str]:
+    """Start hashing a C-contiguous little-endian array of stored values on the hashing thread.
+
+    For native pixel data read with ``read_native`` this is the hash of the Pixel Data
+    value as written, the same that ``pixel_sha256`` gives.
+    """
+    return _executor().submit(_sha256_hex, stored)
 
 
 def start_frame_ranges(decoded: np.ndarray) -> Future[np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from priors.dicom import _pixels
+from priors.dicom.header import attribute_value
 
 __all__ = [
     "CommonFields",
@@ -30,6 +32,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Element values longer than this stay in the file when a file is read, so that large
+# native Pixel Data is read once, straight into its destination. pydicom reads other
+# deferred values (large private elements or sequences) from the file when they are used.
+DEFER_SIZE_BYTES = 16384
+
 
 class FrameReadError(ValueError):
     """Raised when a file cannot give frames with complete geometry."""
@@ -37,10 +44,15 @@ class FrameReadError(ValueError):
 
 @dataclass(eq=False)
 class Instance:
-    """A read instance whose pixel data is decoded on first use and then cached."""
+    """A read instance whose pixel data is decoded on first use and then cached.
+
+    ``native`` locates uncompressed Pixel Data that was left in the file. It is None
+    when the Pixel Data needs a decoder or was read with the rest of the data set.
+    """
 
     path: str
     dataset: Dataset
+    native: _pixels.NativePixelData | None = None
     _stored: np.ndarray | None = field(default=None, repr=False)
     _sha256: Future[str] | None = field(default=None, repr=False)
     _ranges: Future[np.ndarray] | None = field(default=None, repr=False)
@@ -48,13 +60,48 @@ class Instance:
     def stored(self) -> np.ndarray:
         """Return the stored values as a (frames, rows, columns) array."""
         if self._stored is None:
-            self._stored = _pixels.decode_stored(self.dataset, self.path)
-            # Hashing starts now so that Pixel Data can leave the dataset. Compressed data is
-            # then kept once, decoded, and native data is viewed in place, not copied.
-            self._sha256 = _pixels.start_pixel_sha256(self.dataset, self._stored)
+            if self.native is not None:
+                written = _pixels.read_native(self.native, self.path)
+                # The hash covers the values as written, so the correction gets a copy.
+                self._sha256 = _pixels.start_array_sha256(written)
+                self._stored = written
+                if self.native.bits_stored < written.dtype.itemsize * 8:
+                    self._stored = written.copy()
+                    _pixels.correct_unused_bits(self._stored, bits_stored=self.native.bits_stored)
+            else:
+                self._stored = _pixels.decode_stored(self.dataset, self.path)
+                # Hashing starts now so that Pixel Data can leave the dataset. Compressed
+                # data is then kept once, decoded, and native data is viewed in place.
+                self._sha256 = _pixels.start_pixel_sha256(self.dataset, self._stored)
+                del self.dataset.PixelData
             self._ranges = _pixels.start_frame_ranges(self._stored)
-            del self.dataset.PixelData
         return self._stored
+
+    def check_pixels(self) -> None:
+        """Check that the pixel data can be read, decoding it unless it is native.
+
+        Raises
+        ------
+        PixelDecodeError
+            When no decoder reads the data, or the file ends inside native Pixel Data.
+        """
+        if self.native is None:
+            self.stored()
+            return
+        end = self.native.offset + self.native.nbytes
+        size = os.path.getsize(self.path)
+        if size < end:
+            raise _pixels.PixelDecodeError(
+                f"{self.path}: (7FE0,0010) Pixel Data ends at byte {end}, but the file has "
+                f"{size} bytes: the file is truncated"
+            )
+
+    def record_pixel_sha256(self, digest: str) -> None:
+        """Record the pixel hash of native data that a caller read and hashed itself."""
+        if self._sha256 is None:
+            done: Future[str] = Future()
+            done.set_result(digest)
+            self._sha256 = done
 
     def frame_range(self, index: int) -> tuple[float, float]:
         """Return the minimum and maximum stored value of one frame."""
@@ -124,6 +171,21 @@ class Frame:
         return hashlib.sha256(array.tobytes()).hexdigest()
 
 
+def _number(ds: Dataset, keyword: str) -> Any:
+    """Return a numeric attribute as pydicom gives it or as its text, None when missing."""
+    return attribute_value(ds, keyword, numeric=True)
+
+
+def _strings(ds: Dataset, keyword: str) -> tuple[str, ...]:
+    """Return the values of a string attribute as a tuple, () when missing or empty."""
+    value = attribute_value(ds, keyword)
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
 def float_values(value: Any, count: int, *, path: str, tag: str) -> np.ndarray:
     """Convert a multi-valued DS element to floats, checking the number of values."""
     if value is None:
@@ -157,9 +219,9 @@ def temporal_key(ds: Dataset) -> tuple[float, ...]:
     because a re-sent, changed image gets a new one without being a new time point.
     """
     return (
-        number_or(ds.get("TemporalPositionIdentifier"), -1.0),
-        number_or(ds.get("TriggerTime"), -1.0),
-        number_or(ds.get("AcquisitionNumber"), -1.0),
+        number_or(_number(ds, "TemporalPositionIdentifier"), -1.0),
+        number_or(_number(ds, "TriggerTime"), -1.0),
+        number_or(_number(ds, "AcquisitionNumber"), -1.0),
     )
 
 
@@ -177,22 +239,29 @@ class CommonFields(TypedDict):
 
 def common_fields(ds: Dataset, path: str) -> CommonFields:
     """Read the attributes every frame of an instance shares."""
+    values = {}
     for keyword, tag in (
         ("SOPInstanceUID", "(0008,0018) SOP Instance UID"),
         ("SeriesInstanceUID", "(0020,000E) Series Instance UID"),
         ("Rows", "(0028,0010) Rows"),
         ("Columns", "(0028,0011) Columns"),
     ):
-        if ds.get(keyword) in (None, ""):
+        values[keyword] = attribute_value(ds, keyword)
+        if values[keyword] in (None, ""):
             raise FrameReadError(f"{path}: {tag} is missing")
+    bits_stored = attribute_value(ds, "BitsStored")
+    if bits_stored is None:
+        bits_stored = attribute_value(ds, "BitsAllocated")
+    photometric = attribute_value(ds, "PhotometricInterpretation")
+    modality = attribute_value(ds, "Modality")
     return CommonFields(
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        series_instance_uid=str(ds.SeriesInstanceUID),
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
-        photometric_interpretation=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
-        bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16))),
-        modality=str(ds.get("Modality", "")),
+        sop_instance_uid=str(values["SOPInstanceUID"]),
+        series_instance_uid=str(values["SeriesInstanceUID"]),
+        rows=int(values["Rows"]),
+        columns=int(values["Columns"]),
+        photometric_interpretation=str("MONOCHROME2" if photometric is None else photometric),
+        bits_stored=int(16 if bits_stored is None else bits_stored),
+        modality=str("" if modality is None else modality),
     )
 
 
@@ -200,16 +269,21 @@ def _single_frame(instance: Instance) -> list[Frame]:
     ds, path = instance.dataset, instance.path
     common = common_fields(ds, path)
     position = float_values(
-        ds.get("ImagePositionPatient"), 3, path=path, tag="(0020,0032) Image Position (Patient)"
+        _number(ds, "ImagePositionPatient"),
+        3,
+        path=path,
+        tag="(0020,0032) Image Position (Patient)",
     )
     orientation = float_values(
-        ds.get("ImageOrientationPatient"),
+        _number(ds, "ImageOrientationPatient"),
         6,
         path=path,
         tag="(0020,0037) Image Orientation (Patient)",
     )
-    spacing = float_values(ds.get("PixelSpacing"), 2, path=path, tag="(0028,0030) Pixel Spacing")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    spacing = float_values(
+        _number(ds, "PixelSpacing"), 2, path=path, tag="(0028,0030) Pixel Spacing"
+    )
+    frames = int(number_or(_number(ds, "NumberOfFrames"), 1.0) or 1)
     if frames != 1:
         raise FrameReadError(
             f"{path}: (0028,0008) Number of Frames is {frames} without a "
@@ -222,10 +296,10 @@ def _single_frame(instance: Instance) -> list[Frame]:
             image_position_patient=position,
             image_orientation_patient=orientation,
             pixel_spacing=(float(spacing[0]), float(spacing[1])),
-            rescale_slope=number_or(ds.get("RescaleSlope"), 1.0),
-            rescale_intercept=number_or(ds.get("RescaleIntercept"), 0.0),
-            echo=str(ds.get("EchoNumbers", "") or ""),
-            image_type=tuple(str(v) for v in ds.get("ImageType", [])),
+            rescale_slope=number_or(_number(ds, "RescaleSlope"), 1.0),
+            rescale_intercept=number_or(_number(ds, "RescaleIntercept"), 0.0),
+            echo=str(attribute_value(ds, "EchoNumbers") or ""),
+            image_type=_strings(ds, "ImageType"),
             temporal_key=temporal_key(ds),
             stack_id="",
             **common,
@@ -248,15 +322,18 @@ def read_frames(path: str | Path) -> list[Frame]:
 
     path = str(path)
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size=DEFER_SIZE_BYTES)
     except (InvalidDicomError, OSError, ValueError) as err:
         raise FrameReadError(f"{path}: not a readable DICOM file: {err}") from err
-    if "PixelData" not in ds:
+    if _pixels.PIXEL_DATA_TAG not in ds:
         raise FrameReadError(f"{path}: (7FE0,0010) Pixel Data is missing")
 
-    instance = Instance(path=path, dataset=ds)
+    instance = Instance(path=path, dataset=ds, native=_pixels.locate_native_pixel_data(ds))
     if "PerFrameFunctionalGroupsSequence" in ds:
         return _multiframe.enhanced_frames(instance)
-    if _mosaic.is_mosaic(ds):
+    # Image Type decoded from its bytes rules out most mosaics before is_mosaic, which
+    # has pydicom convert the value.
+    image_type = _strings(ds, "ImageType")
+    if any(value.upper() == "MOSAIC" for value in image_type) and _mosaic.is_mosaic(ds):
         return _mosaic.mosaic_frames(instance)
     return _single_frame(instance)

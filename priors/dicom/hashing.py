@@ -10,6 +10,7 @@ and a reorder for planar colour data), so ingest hashes it without decoding.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -73,11 +74,17 @@ def expected_pixel_bytes(ds: Dataset) -> int | None:
     rounded up to whole bytes for bit-packed data, without the trailing padding byte
     of an odd length. ``None`` when a needed attribute is missing or invalid.
     """
+    return _expected_bytes(ds, bits=attribute_value(ds, "BitsAllocated"),
+                           samples=attribute_value(ds, "SamplesPerPixel"))
+
+
+def _expected_bytes(ds: Dataset, *, bits: Any, samples: Any) -> int | None:
+    # expected_pixel_bytes with Bits Allocated and Samples per Pixel already read.
     try:
         rows = int(attribute_value(ds, "Rows"))
         columns = int(attribute_value(ds, "Columns"))
-        bits = int(attribute_value(ds, "BitsAllocated"))
-        samples = int(attribute_value(ds, "SamplesPerPixel") or 1)
+        bits = int(bits)
+        samples = int(samples or 1)
         frames = int(attribute_value(ds, "NumberOfFrames") or 1)
     except (AttributeError, TypeError, ValueError):
         return None
@@ -115,8 +122,8 @@ def pixel_sha256_from_dataset(
     """
     if PIXEL_DATA_TAG not in ds:
         return None
-    syntax = UID(transfer_syntax_uid or ds.get("file_meta", Dataset()).get("TransferSyntaxUID", ""))
-    if not syntax or syntax.is_compressed:
+    syntax = transfer_syntax_uid or ds.get("file_meta", Dataset()).get("TransferSyntaxUID", "")
+    if not syntax or _is_compressed(str(syntax)):
         return None
 
     photometric = str(attribute_value(ds, "PhotometricInterpretation") or "").strip()
@@ -125,7 +132,8 @@ def pixel_sha256_from_dataset(
         # NOTE: bit-packed and subsampled data get their hash when decoded.
         return None
 
-    expected = expected_pixel_bytes(ds)
+    samples_value = attribute_value(ds, "SamplesPerPixel")
+    expected = _expected_bytes(ds, bits=bits, samples=samples_value)
     if expected is None:
         return None
     value = attribute_value(ds, "PixelData")
@@ -138,8 +146,8 @@ def pixel_sha256_from_dataset(
     stored = memoryview(value)[:expected]
 
     needs_swap = syntax == ExplicitVRBigEndian and bits > 8
-    planar = (int(attribute_value(ds, "SamplesPerPixel") or 1) > 1
-              and attribute_value(ds, "PlanarConfiguration") == 1)
+    # _expected_bytes has read Samples per Pixel as an integer already.
+    planar = int(samples_value or 1) > 1 and attribute_value(ds, "PlanarConfiguration") == 1
     if not needs_swap and not planar:
         return hashlib.sha256(stored).hexdigest()
     return pixel_sha256_from_array(_native_array(ds, stored, big_endian=needs_swap))
@@ -162,6 +170,12 @@ def pixel_sha256_from_array(array: Any) -> str:
     values = np.asarray(array)
     little = values.astype(values.dtype.newbyteorder("<"), copy=False)
     return hashlib.sha256(np.ascontiguousarray(little).tobytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _is_compressed(syntax: str) -> bool:
+    # Building a UID and asking it costs more than the hash of a small image.
+    return UID(syntax).is_compressed
 
 
 def _native_array(ds: Dataset, stored: memoryview, *, big_endian: bool) -> np.ndarray:

@@ -10,7 +10,9 @@ calls ``missing_uids`` and ``find_truncation``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
 import os
 import re
 import warnings
@@ -85,6 +87,9 @@ _ESCAPE = b"\x1b"
 _NOT_DECODED = object()
 # Tags of the keywords read so far; a BaseTag skips pydicom's conversion of the key.
 _TAGS: dict[str, BaseTag | None] = {}
+# The same as plain ints, for the header parser's int-keyed element index.
+_TAG_NUMBERS: dict[str, int | None] = {}
+_UNKNOWN_TAG = -1
 
 
 @dataclass(frozen=True)
@@ -92,9 +97,12 @@ class InstanceHeader:
     """Header fields of one DICOM instance, parsed into Python types.
 
     Text is ``""`` and numbers are ``None`` when the attribute is missing or invalid.
-    Geometry is in LPS millimetres as DICOM stores it. ``patient_name`` is the decoded
-    Person Name with its component groups joined by ``=``. Identifying fields are
-    left out of the ``repr``, so a logged or failing record shows no identity.
+    A number that is not finite (a damaged DS value that reads as NaN or infinity) is
+    ``None`` too, and so is a position, orientation or spacing containing one, as the
+    catalog stores them. Geometry is in LPS millimetres as DICOM stores it.
+    ``patient_name`` is the decoded Person Name with its component groups joined by
+    ``=``. Identifying fields are left out of the ``repr``, so a logged or failing
+    record shows no identity.
     """
 
     sop_class_uid: str
@@ -234,71 +242,77 @@ def header_from_dataset(ds: Dataset, *, transfer_syntax_uid: str) -> InstanceHea
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        # One reader a data set: it indexes the elements once for every lookup.
+        attributes = _Attributes(ds)
+        text, texts = attributes.text, attributes.texts
+        number, integer, floats = attributes.number, attributes.integer, attributes.floats
         return InstanceHeader(
-            sop_class_uid=_text(ds, "SOPClassUID"),
-            sop_instance_uid=_text(ds, "SOPInstanceUID"),
-            study_instance_uid=_text(ds, "StudyInstanceUID"),
-            series_instance_uid=_text(ds, "SeriesInstanceUID"),
-            frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+            sop_class_uid=text("SOPClassUID"),
+            sop_instance_uid=text("SOPInstanceUID"),
+            study_instance_uid=text("StudyInstanceUID"),
+            series_instance_uid=text("SeriesInstanceUID"),
+            frame_of_reference_uid=text("FrameOfReferenceUID"),
             transfer_syntax_uid=transfer_syntax_uid,
-            patient_id=_text(ds, "PatientID"),
-            issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
-            other_patient_ids=_other_patient_ids(ds),
-            patient_name=_person_name(ds, "PatientName"),
-            patient_birth_date=_text(ds, "PatientBirthDate"),
-            patient_sex=_text(ds, "PatientSex"),
-            accession_number=_text(ds, "AccessionNumber"),
-            study_date=_text(ds, "StudyDate"),
-            study_time=_text(ds, "StudyTime"),
-            series_date=_text(ds, "SeriesDate"),
-            series_time=_text(ds, "SeriesTime"),
-            acquisition_date=_text(ds, "AcquisitionDate"),
-            acquisition_time=_text(ds, "AcquisitionTime"),
-            content_date=_text(ds, "ContentDate"),
-            content_time=_text(ds, "ContentTime"),
-            modality=_text(ds, "Modality"),
-            body_part_examined=_text(ds, "BodyPartExamined"),
-            study_description=_text(ds, "StudyDescription"),
-            series_description=_text(ds, "SeriesDescription"),
-            study_id=_text(ds, "StudyID"),
-            series_number=_integer(ds, "SeriesNumber"),
-            instance_number=_integer(ds, "InstanceNumber"),
-            acquisition_number=_integer(ds, "AcquisitionNumber"),
-            image_type=_texts(ds, "ImageType"),
-            image_position_patient=_floats(ds, "ImagePositionPatient", count=3),  # type: ignore[arg-type]
-            image_orientation_patient=_floats(ds, "ImageOrientationPatient", count=6),
-            pixel_spacing=_floats(ds, "PixelSpacing", count=2),  # type: ignore[arg-type]
-            slice_thickness=_number(ds, "SliceThickness"),
-            spacing_between_slices=_number(ds, "SpacingBetweenSlices"),
-            rows=_integer(ds, "Rows"),
-            columns=_integer(ds, "Columns"),
-            number_of_frames=max(_integer(ds, "NumberOfFrames") or 1, 1),
-            bits_allocated=_integer(ds, "BitsAllocated"),
-            photometric_interpretation=_text(ds, "PhotometricInterpretation"),
-            convolution_kernel="\\".join(_texts(ds, "ConvolutionKernel")),
-            contrast_bolus_agent=_text(ds, "ContrastBolusAgent"),
-            echo_time=_number(ds, "EchoTime"),
-            repetition_time=_number(ds, "RepetitionTime"),
-            echo_numbers="\\".join(_texts(ds, "EchoNumbers")),
-            manufacturer=_text(ds, "Manufacturer"),
-            manufacturer_model_name=_text(ds, "ManufacturerModelName"),
-            institution_name=_text(ds, "InstitutionName"),
-            station_name=_text(ds, "StationName"),
-            magnetic_field_strength=_number(ds, "MagneticFieldStrength"),
-            patient_position=_text(ds, "PatientPosition"),
-            has_pixel_data=any(tag in ds for tag in _PIXEL_TAGS),
+            patient_id=text("PatientID"),
+            issuer_of_patient_id=text("IssuerOfPatientID"),
+            other_patient_ids=_other_patient_ids(attributes),
+            patient_name=attributes.person_name("PatientName"),
+            patient_birth_date=text("PatientBirthDate"),
+            patient_sex=text("PatientSex"),
+            accession_number=text("AccessionNumber"),
+            study_date=text("StudyDate"),
+            study_time=text("StudyTime"),
+            series_date=text("SeriesDate"),
+            series_time=text("SeriesTime"),
+            acquisition_date=text("AcquisitionDate"),
+            acquisition_time=text("AcquisitionTime"),
+            content_date=text("ContentDate"),
+            content_time=text("ContentTime"),
+            modality=text("Modality"),
+            body_part_examined=text("BodyPartExamined"),
+            study_description=text("StudyDescription"),
+            series_description=text("SeriesDescription"),
+            study_id=text("StudyID"),
+            series_number=integer("SeriesNumber"),
+            instance_number=integer("InstanceNumber"),
+            acquisition_number=integer("AcquisitionNumber"),
+            image_type=texts("ImageType"),
+            image_position_patient=floats("ImagePositionPatient", count=3),  # type: ignore[arg-type]
+            image_orientation_patient=floats("ImageOrientationPatient", count=6),
+            pixel_spacing=floats("PixelSpacing", count=2),  # type: ignore[arg-type]
+            slice_thickness=number("SliceThickness"),
+            spacing_between_slices=number("SpacingBetweenSlices"),
+            rows=integer("Rows"),
+            columns=integer("Columns"),
+            number_of_frames=max(integer("NumberOfFrames") or 1, 1),
+            bits_allocated=integer("BitsAllocated"),
+            photometric_interpretation=text("PhotometricInterpretation"),
+            convolution_kernel="\\".join(texts("ConvolutionKernel")),
+            contrast_bolus_agent=text("ContrastBolusAgent"),
+            echo_time=number("EchoTime"),
+            repetition_time=number("RepetitionTime"),
+            echo_numbers="\\".join(texts("EchoNumbers")),
+            manufacturer=text("Manufacturer"),
+            manufacturer_model_name=text("ManufacturerModelName"),
+            institution_name=text("InstitutionName"),
+            station_name=text("StationName"),
+            magnetic_field_strength=number("MagneticFieldStrength"),
+            patient_position=text("PatientPosition"),
+            has_pixel_data=attributes.has_any(_PIXEL_TAGS),
         )
 
 
-def attribute_value(ds: Dataset, keyword: str) -> Any:
+def attribute_value(ds: Dataset, keyword: str, *, numeric: bool = False) -> Any:
     """Return the value of a top-level attribute, or ``None`` when it is missing.
 
     Single US values and plain ASCII values of the string and text VRs are decoded
     from the bytes read, as pydicom 3.0 decodes them, which takes a fraction of the
-    time of pydicom's own conversion. Other values come from ``Dataset.get``, which
-    raises what pydicom raises for an invalid value. The data set is left as read.
+    time of pydicom's own conversion. With ``numeric``, plain DS and IS values are
+    also decoded, as their text (a ``str`` or a list of them) for ``float()`` or
+    ``int()``. Other values come from ``Dataset.get``, which raises what pydicom
+    raises for an invalid value. The data set is left as read.
     """
-    value = _raw_value(ds, keyword, numeric=False)
+    value = _raw_value(ds, keyword, numeric=numeric)
     return ds.get(keyword) if value is _NOT_DECODED else value
 
 
@@ -360,25 +374,17 @@ def header_from_dict(data: Mapping[str, Any]) -> InstanceHeader:
     return InstanceHeader(**{name: value for name, value in values.items() if name in known})
 
 
-def _value(ds: Dataset, keyword: str, *, numeric: bool = False) -> Any:
-    value = _raw_value(ds, keyword, numeric=numeric)
-    if value is not _NOT_DECODED:
-        return value
-    try:
-        return ds.get(keyword)
-    except Exception:  # pydicom raises many types on invalid values
-        logger.debug("cannot parse %s; treated as missing", keyword, exc_info=True)
-        return None
+def _raw_decoding_enabled() -> bool:
+    # Under these pydicom settings pydicom returns something other than the raw
+    # decoder: datetime objects for DA, DT and TM, or an error for an invalid value.
+    return not (pydicom_config.datetime_conversion
+                or pydicom_config.settings.reading_validation_mode == pydicom_config.RAISE)
 
 
 def _raw_value(ds: Dataset, keyword: str, *, numeric: bool) -> Any:
-    # Decodes plain ASCII values of common VRs from the bytes read, skipping pydicom's
-    # conversion, which costs most of a header's parse time. Returns _NOT_DECODED for
-    # everything else: other VRs, non-ASCII bytes, deferred or converted elements, and
-    # pydicom settings that change the result. DS and IS only when ``numeric``, since
-    # str() of pydicom's DS and IS values may differ from the text stored.
-    if (pydicom_config.datetime_conversion or pydicom_config.settings.reading_validation_mode
-            == pydicom_config.RAISE):
+    # Returns the decoded raw value of one attribute, None when it is missing, or
+    # _NOT_DECODED when pydicom has to convert it (see _decode_raw).
+    if not _raw_decoding_enabled():
         return _NOT_DECODED
     if keyword not in _TAGS:
         number = tag_for_keyword(keyword)
@@ -391,7 +397,16 @@ def _raw_value(ds: Dataset, keyword: str, *, numeric: bool) -> Any:
         return None
     if not isinstance(element, RawDataElement) or element.value is None:
         return _NOT_DECODED
-    vr, raw = element.VR, element.value
+    return _decode_raw(element, numeric=numeric)
+
+
+def _decode_raw(element: RawDataElement, *, numeric: bool) -> Any:
+    # Decodes plain ASCII values of common VRs from the bytes read, skipping pydicom's
+    # conversion, which costs most of a header's parse time. Returns _NOT_DECODED for
+    # everything else: other VRs and non-ASCII bytes. DS and IS only when ``numeric``,
+    # since str() of pydicom's DS and IS values may differ from the text stored.
+    vr = element.VR
+    raw: bytes = element.value  # type: ignore[assignment]  # callers pass values read
     if vr == "US" and len(raw) == US_BYTES:
         return int.from_bytes(raw, "little" if element.is_little_endian else "big")
     if vr in _BYTES_VRS:
@@ -422,8 +437,16 @@ def _raw_value(ds: Dataset, keyword: str, *, numeric: bool) -> Any:
     return items[0] if len(items) == 1 else items
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = _value(ds, keyword)
+def _tag_number(keyword: str) -> int | None:
+    number = _TAG_NUMBERS.get(keyword, _UNKNOWN_TAG)
+    if number == _UNKNOWN_TAG:
+        number = _TAG_NUMBERS[keyword] = tag_for_keyword(keyword)
+    return number
+
+
+def _to_text(value: Any) -> str:
+    if type(value) is str:
+        return value.strip(" \x00")
     if value is None:
         return ""
     if isinstance(value, bytes):
@@ -433,8 +456,7 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip(" \x00")
 
 
-def _texts(ds: Dataset, keyword: str) -> tuple[str, ...]:
-    value = _value(ds, keyword)
+def _to_texts(value: Any) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
     if isinstance(value, str):
@@ -445,8 +467,8 @@ def _texts(ds: Dataset, keyword: str) -> tuple[str, ...]:
         return (str(value).strip(),)
 
 
-def _number(ds: Dataset, keyword: str) -> float | None:
-    value = _value(ds, keyword, numeric=True)
+def _to_number(value: Any) -> float | None:
+    # The first value of a multi-valued number; None when not finite.
     if value is None or value == "":
         return None
     if not isinstance(value, (str, bytes, int, float)):
@@ -455,49 +477,139 @@ def _number(ds: Dataset, keyword: str) -> float | None:
         except (TypeError, IndexError):
             return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
 
 
-def _integer(ds: Dataset, keyword: str) -> int | None:
-    number = _number(ds, keyword)
-    if number is None or number != number or not number.is_integer():
+def _to_integer(value: Any) -> int | None:
+    number = _to_number(value)
+    if number is None or not number.is_integer():
         return None
     return int(number)
 
 
-def _floats(ds: Dataset, keyword: str, *, count: int) -> tuple[float, ...] | None:
-    value = _value(ds, keyword, numeric=True)
+def _to_floats(value: Any, count: int) -> tuple[float, ...] | None:
+    # Exactly ``count`` finite numbers, else None.
     if value is None or isinstance(value, (str, bytes)):
         return None
     try:
         numbers = tuple(float(item) for item in value)
     except (TypeError, ValueError):
         return None
-    if len(numbers) != count:
+    if len(numbers) != count or not all(map(math.isfinite, numbers)):
         return None
     return numbers
 
 
-def _person_name(ds: Dataset, keyword: str) -> str:
-    value = _raw_value(ds, keyword, numeric=False)
-    if value is not _NOT_DECODED:
-        return value or ""
-    try:
-        return person_name_text(ds, keyword)
-    except Exception:  # a bad name must not hide the instance
-        logger.debug("cannot decode %s; treated as missing", keyword)
-        return ""
+# Typed value of the raw bytes last decoded for each (conversion, keyword). Most
+# attributes of a series store the same bytes in every instance, so the next instance
+# mostly finds them here. One entry per key keeps the memo at about 50 entries.
+_MEMO: dict[tuple[Any, str], tuple[bytes, str | None, bool, Any]] = {}
 
 
-def _other_patient_ids(ds: Dataset) -> tuple[tuple[str, str], ...]:
-    sequence = _value(ds, "OtherPatientIDsSequence")
+class _Attributes:
+    """Typed values of the top-level attributes of one data set, read by keyword.
+
+    Missing, invalid and non-finite values become ``""`` or ``None`` as
+    ``InstanceHeader`` describes. A list of numbers containing a non-finite one is
+    ``None`` as a whole, because a position with an unknown coordinate is no position.
+    """
+
+    __slots__ = ("decode", "ds", "elements")
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        # Keyed by plain int: looking up a BaseTag key runs BaseTag.__eq__ in Python,
+        # which cost more than decoding the value. keys() and values() of a data set
+        # come from one dict, so they pair up.
+        self.elements: dict[int, Any] = dict(
+            zip(map(int, ds.keys()), ds.values(), strict=True)
+        )
+        self.decode = _raw_decoding_enabled()
+
+    def has_any(self, tags: tuple[int, ...]) -> bool:
+        return any(tag in self.elements for tag in tags)
+
+    def value(self, keyword: str, *, numeric: bool = False) -> Any:
+        number = _tag_number(keyword)
+        if number is not None:
+            element = self.elements.get(number)
+            if element is None:
+                return None
+            if self.decode and isinstance(element, RawDataElement) and element.value is not None:
+                value = _decode_raw(element, numeric=numeric)
+                if value is not _NOT_DECODED:
+                    return value
+        try:
+            return self.ds.get(keyword)
+        except Exception:  # pydicom raises many types on invalid values
+            logger.debug("cannot parse %s; treated as missing", keyword, exc_info=True)
+            return None
+
+    def typed(self, keyword: str, convert: Any, *, numeric: bool = False) -> Any:
+        """Return ``convert`` of the attribute's value, reusing a memoised result."""
+        number = _tag_number(keyword)
+        element = self.elements.get(number) if number is not None else None
+        if self.decode and isinstance(element, RawDataElement) and element.value is not None:
+            # A raw decode depends only on the bytes, the VR and the byte order, so an
+            # equal triple gives an equal result. Values the raw decoder leaves to
+            # pydicom depend on the character set too and are not memoised.
+            raw, vr, little = element.value, element.VR, element.is_little_endian
+            key = (convert, keyword)
+            memo = _MEMO.get(key)
+            if memo is not None and memo[0] == raw and memo[1] == vr and memo[2] == little:
+                return memo[3]
+            value = _decode_raw(element, numeric=numeric)
+            if value is not _NOT_DECODED:
+                result = convert(value)
+                _MEMO[key] = (raw, vr, little, result)
+                return result
+        return convert(self.value(keyword, numeric=numeric))
+
+    def text(self, keyword: str) -> str:
+        return self.typed(keyword, _to_text)
+
+    def texts(self, keyword: str) -> tuple[str, ...]:
+        return self.typed(keyword, _to_texts)
+
+    def number(self, keyword: str) -> float | None:
+        return self.typed(keyword, _to_number, numeric=True)
+
+    def integer(self, keyword: str) -> int | None:
+        return self.typed(keyword, _to_integer, numeric=True)
+
+    def floats(self, keyword: str, *, count: int) -> tuple[float, ...] | None:
+        return self.typed(keyword, _FLOATS[count], numeric=True)
+
+    def person_name(self, keyword: str) -> str:
+        element = self.elements.get(_tag_number(keyword))  # type: ignore[arg-type]
+        if element is None:
+            return ""
+        if self.decode and isinstance(element, RawDataElement) and element.value is not None:
+            value = _decode_raw(element, numeric=False)
+            if value is not _NOT_DECODED:
+                return value
+        try:
+            return person_name_text(self.ds, keyword)
+        except Exception:  # a bad name must not hide the instance
+            logger.debug("cannot decode %s; treated as missing", keyword)
+            return ""
+
+
+# One conversion object per count, so that the memo keys stay the same between calls.
+_FLOATS = {count: functools.partial(_to_floats, count=count) for count in (2, 3, 6)}
+
+
+def _other_patient_ids(attributes: _Attributes) -> tuple[tuple[str, str], ...]:
+    sequence = attributes.value("OtherPatientIDsSequence")
     if not sequence:
         return ()
     pairs = []
     for item in sequence:
-        patient_id = _text(item, "PatientID")
+        item_attributes = _Attributes(item)
+        patient_id = item_attributes.text("PatientID")
         if patient_id:
-            pairs.append((patient_id, _text(item, "IssuerOfPatientID")))
+            pairs.append((patient_id, item_attributes.text("IssuerOfPatientID")))
     return tuple(pairs)

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from priors.dicom import _pixels
 from priors.dicom._tilt import align_sheared_slices
+from priors.dicom._volume_direct import DirectRead, can_read_direct, read_direct
 from priors.dicom._volume_frames import Frame, FrameReadError, read_frames
 from priors.dicom._volume_geometry import (
     SliceLayout,
@@ -111,7 +112,8 @@ def _decodable_frames(
 
     One undecodable instance then costs its own slice (and may split the stack at
     the gap it leaves), not the whole series. Decoded values are cached on the
-    instance, so the later build does not decode again.
+    instance, so the later build does not decode again. Native pixel data left in the
+    file is only checked to be complete here, and read when its volume is built.
     """
     kept = []
     failed: dict[str, str] = {}
@@ -119,7 +121,7 @@ def _decodable_frames(
         if frame.path in failed:
             continue
         try:
-            frame.stored()
+            frame.instance.check_pixels()
         except _pixels.PixelDecodeError as err:
             failed[frame.path] = str(err)
             continue
@@ -144,6 +146,19 @@ def _stored_slices(frames: Sequence[Frame]) -> list[np.ndarray]:
     return slices
 
 
+def _record_pixel_decisions(frames: Sequence[Frame], dtype: np.dtype, decisions: list[str]) -> None:
+    """Record photometric inversion, rescales and a float32 output among the decisions."""
+    if any(f.photometric_interpretation == "MONOCHROME1" for f in frames):
+        decisions.append("inverted MONOCHROME1 so that higher values are brighter")
+    distinct = sorted({(f.rescale_slope, f.rescale_intercept) for f in frames})
+    if distinct != [(1.0, 0.0)]:
+        shown = ", ".join(f"slope {s:g} intercept {b:g}" for s, b in distinct[:4])
+        more = f" and {len(distinct) - 4} more" if len(distinct) > 4 else ""
+        decisions.append(f"applied rescale per slice ({shown}{more})")
+    if dtype == np.float32:
+        decisions.append("output is float32 because a rescale is not integral or exceeds 16 bits")
+
+
 def _rescaled_array(frames: Sequence[Frame], decisions: list[str]) -> np.ndarray:
     """Return the (N, rows, columns) array of rescaled values in the output dtype."""
     slices = _stored_slices(frames)
@@ -155,16 +170,7 @@ def _rescaled_array(frames: Sequence[Frame], decisions: list[str]) -> np.ndarray
         for frame, stored in zip(frames, slices, strict=True)
     ]
     dtype = _pixels.output_dtype(ranges, rescales)
-
-    if any(f.photometric_interpretation == "MONOCHROME1" for f in frames):
-        decisions.append("inverted MONOCHROME1 so that higher values are brighter")
-    distinct = sorted(set(rescales))
-    if distinct != [(1.0, 0.0)]:
-        shown = ", ".join(f"slope {s:g} intercept {b:g}" for s, b in distinct[:4])
-        more = f" and {len(distinct) - 4} more" if len(distinct) > 4 else ""
-        decisions.append(f"applied rescale per slice ({shown}{more})")
-    if dtype == np.float32:
-        decisions.append("output is float32 because a rescale is not integral or exceeds 16 bits")
+    _record_pixel_decisions(frames, dtype, decisions)
 
     output = np.empty((len(slices),) + slices[0].shape, dtype=dtype)
     for index, (stored, (slope, intercept)) in enumerate(zip(slices, rescales, strict=True)):
@@ -179,10 +185,9 @@ def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
-def _to_image(
-    array: np.ndarray, layout: SliceLayout, origin: np.ndarray, step_mm: float
+def _set_geometry(
+    image: sitk.Image, layout: SliceLayout, origin: np.ndarray, step_mm: float
 ) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
     image.SetSpacing((layout.pixel_spacing[1], layout.pixel_spacing[0], float(step_mm)))
     image.SetOrigin(tuple(float(v) for v in origin))
     direction = np.column_stack([layout.row_cosine, layout.column_cosine, layout.normal])
@@ -299,6 +304,26 @@ class _StackBuilder:
             )
             self.emit(block, block_label, measure_layout(block), decisions)
 
+    def read_pixels(
+        self, frames: list[Frame], *, moves_voxels: bool, decisions: list[str]
+    ) -> DirectRead | np.ndarray:
+        """Return the rescaled voxels, as an image when read straight from the files.
+
+        Slices that need no interpolation and are stored as native 16-bit values go
+        straight into the image. Everything else is decoded into an array first.
+
+        Raises
+        ------
+        PixelDecodeError, _Rejected
+            When a slice cannot be read or decoded.
+        """
+        if not moves_voxels and can_read_direct(frames):
+            direct = read_direct(frames)
+            if direct is not None:
+                _record_pixel_decisions(frames, direct.dtype, decisions)
+                return direct
+        return _rescaled_array(frames, decisions)
+
     def emit(
         self,
         frames: list[Frame],
@@ -308,12 +333,22 @@ class _StackBuilder:
         *,
         resample_step: float | None = None,
     ) -> None:
+        moves_voxels = resample_step is not None or (
+            layout.is_sheared and self.tilt_policy == "resample"
+        )
         try:
-            array = _rescaled_array(frames, decisions)
-        except _Rejected as err:
+            pixels = self.read_pixels(frames, moves_voxels=moves_voxels, decisions=decisions)
+        except (_pixels.PixelDecodeError, _Rejected) as err:
             self.reject(frames, label, str(err))
             return
-        dtype = array.dtype
+        # Only decoded slices are resampled for tilt or gaps, since moves_voxels rules
+        # out the direct read.
+        direct: DirectRead | None = None
+        array: np.ndarray | None = None
+        if isinstance(pixels, DirectRead):
+            direct, dtype = pixels, pixels.dtype
+        else:
+            array, dtype = pixels, pixels.dtype
         origin = frames[0].image_position_patient
         metadata: dict = {
             "tilt_deg": 0.0,
@@ -326,6 +361,7 @@ class _StackBuilder:
             metadata["tilt_deg"] = round(layout.tilt_deg, 4)
             metadata["shear_offsets_mm"] = layout.offsets_mm.round(4).tolist()
             if self.tilt_policy == "resample":
+                assert array is not None
                 aligned = align_sheared_slices(
                     array, layout.offsets_mm, layout.pixel_spacing, fill_value=float(array.min())
                 )
@@ -343,6 +379,7 @@ class _StackBuilder:
 
         positions = layout.positions_mm
         if resample_step is not None:
+            assert array is not None
             resampled, positions, interpolated = resample_along_normal(
                 array.astype(np.float64), layout.positions_mm, resample_step
             )
@@ -359,7 +396,12 @@ class _StackBuilder:
         else:
             step = (positions[-1] - positions[0]) / (len(positions) - 1)
 
-        image = _to_image(array, layout, origin, step)
+        if direct is not None:
+            image = direct.image
+        else:
+            assert array is not None
+            image = sitk.GetImageFromArray(array)
+        _set_geometry(image, layout, origin, step)
         modality = frames[0].modality
         metadata.update(
             {
@@ -370,7 +412,7 @@ class _StackBuilder:
                 "slice_positions_mm": [round(float(p), 4) for p in positions],
                 "source_positions_mm": [round(float(p), 4) for p in layout.positions_mm],
                 "frame_numbers": [f.frame_index + 1 for f in frames],
-                "pixel_type": str(array.dtype),
+                "pixel_type": str(dtype),
                 "modality": modality,
                 "units": "HU" if modality == "CT" else "",
                 "gantry_detector_tilt": frames[0].instance.dataset.get("GantryDetectorTilt"),
