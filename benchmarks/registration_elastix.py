@@ -17,6 +17,10 @@ priors, ``-threads 2`` for elastix. TRE is |T(p) - T_true(p)| over the current's
 Run from the repository root (needs the Debian package ``elastix``)::
 
     .venv/bin/python benchmarks/registration_elastix.py [--pairs synthetic-ct table-moved]
+        [--runs 3] [--keep /tmp/reg-bench]
+
+With ``--runs N`` each pair runs N times, the two tools back to back in alternating
+order, and the ratios are medians of the per-run ratios.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -304,6 +309,16 @@ def _format_row(pair: str, tool: str, figures: dict) -> str:
     )
 
 
+def _tools(run: int) -> tuple:
+    """Return the tools in the order of run ``run``: priors first on even runs.
+
+    Alternating the order spreads a drift in the load of a shared machine over both
+    tools instead of charging it to one.
+    """
+    tools = (("priors", run_priors), ("elastix", run_elastix))
+    return tools if run % 2 == 0 else tools[::-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", nargs="+", default=["synthetic-ct", "table-moved"])
@@ -313,10 +328,18 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="keep the inputs and outputs in this folder (and reuse its synthetic CT pair)",
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="runs of both tools per pair, in alternating order; medians are printed",
+    )
     args = parser.parse_args(argv)
     if shutil.which("elastix") is None:
         print("elastix not found: apt-get install elastix", file=sys.stderr)
         return 2
+    if args.runs < 1:
+        parser.error(f"--runs is {args.runs}, expected 1 or more")
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="priors-elastix-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -329,13 +352,16 @@ def main(argv: list[str] | None = None) -> int:
                 current, prior, true, modality = table_moved_pair(work, args.shared_data)
             else:
                 parser.error(f"unknown pair {pair!r}, expected synthetic-ct or table-moved")
-            results[pair] = {}
-            for tool, run in (("priors", run_priors), ("elastix", run_elastix)):
-                figures, estimate = run(current, prior, modality, work / f"{pair}-{tool}")
-                figures |= tre_mm(estimate, true, current, modality)
-                results[pair][tool] = figures
-                rows.append(_format_row(pair, tool, figures))
-                print(rows[-1], flush=True)
+            results[pair] = {"priors": [], "elastix": []}
+            for run in range(args.runs):
+                for tool, register_with in _tools(run):
+                    figures, estimate = register_with(
+                        current, prior, modality, work / f"{pair}-{tool}"
+                    )
+                    figures |= tre_mm(estimate, true, current, modality)
+                    results[pair][tool].append(figures)
+                    rows.append(_format_row(pair, tool, figures))
+                    print(rows[-1], flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -345,13 +371,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{'TRE max':>8s}  verdict"
     )
     print("\n".join(rows))
-    print("\nratios priors / elastix:")
+    print("\nratios priors / elastix (each run's tools measured back to back; median):")
     for pair, tools in results.items():
-        p, e = tools["priors"], tools["elastix"]
+        runs = list(zip(tools["priors"], tools["elastix"], strict=True))
+        wall = [p["wall_s"] / e["wall_s"] for p, e in runs]
+        memory = [p["peak_mib"] / e["peak_mib"] for p, e in runs]
+        tre = [p["tre_p95_mm"] / max(e["tre_p95_mm"], 1e-9) for p, e in runs]
         print(
-            f"  {pair}: wall {p['wall_s'] / e['wall_s']:.2f}, peak memory "
-            f"{p['peak_mib'] / e['peak_mib']:.2f}, TRE p95 "
-            f"{p['tre_p95_mm'] / max(e['tre_p95_mm'], 1e-9):.2f}"
+            f"  {pair}: wall {statistics.median(wall):.2f} "
+            f"(runs: {', '.join(f'{r:.2f}' for r in wall)}), peak memory "
+            f"{statistics.median(memory):.2f}, TRE p95 {statistics.median(tre):.2f}"
         )
     print(json.dumps(results, indent=2))
     return 0

@@ -126,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--out", required=True, help="output folder")
     register.add_argument("--modality-pair", default=None,
                           help="preset: CT-CT, MR-MR or CT-MR (default: from the data)")
+    register.add_argument("--stages", default=None, metavar="STAGES",
+                          help="comma-separated stages: rigid, optionally affine and bspline "
+                          "(default: from the configuration, rigid only)")
+    register.add_argument("--metric", choices=("auto", "mattes", "correlation"), default=None,
+                          help="registration metric; auto is correlation for CT-CT and "
+                          "Mattes mutual information otherwise (default: from the "
+                          "configuration, auto)")
+    register.add_argument("--inverse-consistency", action="store_true", default=None,
+                          help="also register the current onto the prior and report "
+                          "|reverse(forward(p)) - p| over the body, mm")
+    register.add_argument("--seed", type=int, default=None,
+                          help="metric sampling seed (default: from the configuration)")
+    register.add_argument("--threads", type=int, default=None,
+                          help="ITK threads; 1 gives identical results on every run "
+                          "(default: from the configuration, 1)")
 
     convert = commands.add_parser("convert", help="build volumes from DICOM and write NIfTI")
     convert.add_argument("sources", nargs="+", metavar="SOURCE")
@@ -340,10 +355,17 @@ def _run_timeline(args: argparse.Namespace, settings) -> int:
 
 
 def _run_register(args: argparse.Namespace, settings) -> int:
-    from priors.commands import register_command
+    from priors.register_command import InputError, run_register, with_command_options
 
-    return register_command(Path(args.current), Path(args.prior), out_dir=Path(args.out),
-                            settings=settings, modality_pair=args.modality_pair)
+    try:
+        registration = with_command_options(
+            settings.registration, stages=args.stages, metric=args.metric,
+            inverse_consistency=args.inverse_consistency, seed=args.seed, threads=args.threads)
+    except InputError as err:
+        print(f"priors: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_register(Path(args.current), Path(args.prior), out_dir=Path(args.out),
+                        settings=registration, modality_pair=args.modality_pair)
 
 
 def _run_convert(args: argparse.Namespace, settings) -> int:

@@ -1,4 +1,4 @@
-"""Implementations of the smaller subcommands: timeline, register and convert."""
+"""Implementations of the smaller subcommands: timeline and convert."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from priors.config import Settings
 
-__all__ = ["convert_command", "register_command", "timeline_command"]
+__all__ = ["convert_command", "timeline_command"]
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +123,6 @@ def _write_timeline_chart(timelines: Sequence[Sequence[Any]], names: Sequence[st
         log.info("wrote the timeline chart to %s", path)
     else:
         print(f"wrote the timeline chart to {path}")
-
-
-def register_command(current: Path, prior: Path, *, out_dir: Path, settings: Settings,
-                     modality_pair: str | None = None) -> int:
-    """Register PRIOR onto CURRENT and write transform, image, overlay and report."""
-    from priors.register_command import run_register
-
-    return run_register(current, prior, out_dir=out_dir, settings=settings.registration,
-                        modality_pair=modality_pair)
 
 
 def convert_command(sources: Sequence[str], *, out_dir: Path, **policies: Any) -> int:

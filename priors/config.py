@@ -43,11 +43,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class RegistrationSettings:
-    """Parameters of the rigid registration of a prior onto the current volume."""
+    """Parameters of the registration of a prior onto the current volume.
+
+    Rigid always runs; ``affine`` and ``bspline`` add stages after it.
+    """
 
     seed: int = 20240601
     threads: int = 1
-    # Fraction of voxels sampled by the Mattes metric at each level.
+    # Fraction of voxels sampled by the metric at each level.
     sampling_fraction: float = 0.25
     histogram_bins: int = 32
     iterations: int = 200
@@ -55,10 +58,25 @@ class RegistrationSettings:
     smoothing_sigmas_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
     # Superior-inferior start offsets tried, in mm; the best by the metric is kept.
     si_start_offsets_mm: tuple[float, ...] = (0.0,)
+    # Starts, comma-separated: "moments" (centres of the body masks), "geometry"
+    # (centres of the grids), "identity" (patient coordinates as stored).
+    initialisations: str = "moments"
+    # "auto" (correlation for CT-CT, Mattes mutual information otherwise),
+    # "mattes" or "correlation".
+    metric: str = "auto"
     affine: bool = False
-    # Quality thresholds: below these a pair is held back from the model.
+    # Deformable B-spline stage after rigid (and affine); control points this far
+    # apart (mm), at most this many gradient-descent iterations per level.
+    bspline: bool = False
+    bspline_mesh_spacing_mm: float = 80.0
+    bspline_iterations: int = 50
+    # Register both ways and measure |reverse(forward(p)) - p| over the body.
+    inverse_consistency: bool = False
+    # Quality thresholds: below these a pair is held back from the model. min_ncc is
+    # for CT-CT, mr_min_ncc for MR-MR.
     min_overlap_fraction: float = 0.5
     min_ncc: float = 0.5
+    mr_min_ncc: float = 0.3
 
 
 @dataclass

@@ -273,7 +273,14 @@ def _prepare_pair(
     model_loader: Callable[[], Any] | None,
     build_volumes: Callable[..., Any],
 ) -> PairResult:
-    from priors.registration import register, resample_onto, write_overlay_png, write_transform
+    from priors.registration import (
+        has_bspline,
+        register,
+        resample_onto,
+        sampled_transform,
+        write_overlay_png,
+        write_transform,
+    )
 
     timings: dict[str, float] = {}
     pair_dir = task.package_dir / "pairs" / pair.pair_id
@@ -306,12 +313,20 @@ def _prepare_pair(
     clock = time.perf_counter()
     registration = register(current.image, prior.image, modality_pair=modality_pair,
                             settings=settings.registration)
-    registered = resample_onto(current.image, prior.image, registration.transform,
+    if has_bspline(registration.transform):
+        # A deformable result is written whole, as HDF5, and resampled through its
+        # B-spline sampled on a grid, which is far faster than evaluating it per voxel.
+        resampling = sampled_transform(registration.transform, current.image)
+        transform_path = write_transform(registration.transform, pair_dir / "transform.h5")
+    else:
+        resampling = registration.transform
+        transform_path = write_transform(_single_transform(registration),
+                                         pair_dir / "transform.tfm")
+    registered = resample_onto(current.image, prior.image, resampling,
                                kind="image", modality=pair.prior.modality)
     timings["registration_s"] = time.perf_counter() - clock
     outputs = {
-        "transform": str(write_transform(_single_transform(registration),
-                                         pair_dir / "transform.tfm")),
+        "transform": str(transform_path),
         "registered_prior": _write_image(registered, pair_dir / "registered_prior.nii.gz"),
     }
     write_overlay_png(current.image, registered, pair_dir / "overlay.png",

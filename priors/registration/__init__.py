@@ -7,6 +7,7 @@ prior points; ``resample_onto`` puts the prior on the current grid with it.
 
 from __future__ import annotations
 
+from priors.registration._fields import has_bspline, sampled_transform
 from priors.registration.output import read_transform, write_overlay_png, write_transform
 from priors.registration.presets import MODALITY_PAIRS, RegistrationOptions, preset
 from priors.registration.resample import resample_onto
@@ -18,11 +19,13 @@ __all__ = [
     "RegistrationError",
     "RegistrationOptions",
     "RegistrationResult",
+    "has_bspline",
     "inverse_consistency_mm",
     "preset",
     "read_transform",
     "register",
     "resample_onto",
+    "sampled_transform",
     "transform_matrix_lps",
     "write_overlay_png",
     "write_transform",

@@ -10,6 +10,7 @@ import logging
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from priors.registration.presets import CT_BODY_THRESHOLD_HU, MR_BODY_FRACTION_OF_P99
 
@@ -29,13 +30,21 @@ METRIC_MASK_MARGIN_MM = 8.0
 # Opening radius in mask voxels: removes a CT table and MR ghosting a few mm thick.
 OPENING_RADIUS = 1
 
+# ITK's ball of radius 1 (``BinaryMorphologicalOpening(mask, [1, 1, 1])``) is the
+# 18-neighbourhood: faces and edges, not corners. SciPy opens with it in 0.1 s where
+# ITK took 0.45 s on a 170 x 170 x 200 mask grid, with the same result when erosion
+# treats the outside as body, as ITK's does (a test compares the two).
+OPENING_STRUCTURE = ndimage.generate_binary_structure(3, 2)
+
 
 def coarse_grid(image: sitk.Image, spacing_mm: float = MASK_SPACING_MM) -> sitk.Image:
     """Return ``image`` averaged down to voxels of about ``spacing_mm`` along each axis."""
     factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
     if all(f == 1 for f in factors):
         return sitk.Cast(image, sitk.sitkFloat32)
-    return sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
+    # Shrunk in the image's own type and cast afterwards, so a large CT is never
+    # copied as float32 at full size; an integer image then averages to whole values.
+    return sitk.Cast(sitk.BinShrink(image, factors), sitk.sitkFloat32)
 
 
 def body_mask(image: sitk.Image, *, method: str) -> sitk.Image:
@@ -66,7 +75,7 @@ def body_mask(image: sitk.Image, *, method: str) -> sitk.Image:
         raise ValueError(f"body mask method {method!r} is not supported, expected 'ct' or 'mr'")
 
     mask = sitk.Cast(coarse > threshold, sitk.sitkUInt8)
-    opened = sitk.BinaryMorphologicalOpening(mask, [OPENING_RADIUS] * 3)
+    opened = _opening(mask)
     # An opening can erase a thin body (a few slices of a thick-slice series).
     if np.any(sitk.GetArrayViewFromImage(opened)):
         mask = opened
@@ -81,6 +90,17 @@ def body_mask(image: sitk.Image, *, method: str) -> sitk.Image:
         int(values.size),
     )
     return filled
+
+
+def _opening(mask: sitk.Image) -> sitk.Image:
+    inside = sitk.GetArrayViewFromImage(mask).astype(bool)
+    eroded = ndimage.binary_erosion(
+        inside, OPENING_STRUCTURE, iterations=OPENING_RADIUS, border_value=1
+    )
+    opened = ndimage.binary_dilation(eroded, OPENING_STRUCTURE, iterations=OPENING_RADIUS)
+    image = sitk.GetImageFromArray(opened.astype(np.uint8))
+    image.CopyInformation(mask)
+    return image
 
 
 def metric_mask(body: sitk.Image, margin_mm: float = METRIC_MASK_MARGIN_MM) -> sitk.Image:

@@ -10,6 +10,7 @@ from priors.registration.presets import RegistrationOptions
 __all__ = [
     "QUALITY_BINS",
     "body_displacement_mm",
+    "jacobian_determinant",
     "judge",
     "level_shift_ncc",
     "overlap_fraction",
@@ -23,6 +24,11 @@ QUALITY_BINS = 32
 # The metric after registration may be this much (relative) worse than before it
 # before the verdict fails; random sampling makes a converged start wobble slightly.
 METRIC_WORSENING_TOLERANCE = 0.01
+
+# A Jacobian determinant at or below this means the deformation folds space there
+# (or collapses it to nothing), which no anatomical motion does. Any such voxel in
+# the overlap fails the verdict.
+MAX_FOLDING_DETERMINANT = 0.0
 
 
 def _mapped_mask(
@@ -104,6 +110,59 @@ def body_displacement_mm(transform: sitk.Transform, mask: sitk.Image) -> dict[st
         "body_displacement_mm_p95": float(np.percentile(distance, 95)),
         "body_displacement_mm_max": float(distance.max()),
     } | {f"body_centroid_shift_mm_{axis}": float(v) for axis, v in zip("xyz", shift, strict=True)}
+
+
+def jacobian_determinant(
+    transform: sitk.Transform, current_mask: sitk.Image, prior_mask: sitk.Image
+) -> dict[str, float]:
+    """Measure the Jacobian determinant of ``transform`` over the body overlap.
+
+    The determinant is det(I + du/dp) of the displacement u(p) = T(p) - p, by central
+    differences on the grid of ``current_mask`` (2 mm voxels), in physical
+    coordinates whatever the grid's direction. 1 means volume kept, above 1 the prior
+    is larger there, and at or below 0 the deformation folds.
+
+    Returns
+    -------
+    dict
+        ``jacobian_min``, ``jacobian_max`` and ``jacobian_folding_fraction`` (the
+        fraction of overlap voxels at or below ``MAX_FOLDING_DETERMINANT``); NaN when
+        the overlap is empty.
+    """
+    field = sitk.TransformToDisplacementField(
+        transform,
+        sitk.sitkVectorFloat64,
+        current_mask.GetSize(),
+        current_mask.GetOrigin(),
+        current_mask.GetSpacing(),
+        current_mask.GetDirection(),
+    )
+    displacement = sitk.GetArrayViewFromImage(field)  # (z, y, x, 3), LPS mm
+    inside = sitk.GetArrayViewFromImage(current_mask).astype(bool) & _mapped_mask(
+        current_mask, prior_mask, transform
+    )
+    if not inside.any():
+        return {"jacobian_min": np.nan, "jacobian_max": np.nan, "jacobian_folding_fraction": np.nan}
+
+    # Only the bounding box of the overlap, one voxel wider for the differences.
+    box = tuple(slice(max(0, int(i.min()) - 1), int(i.max()) + 2) for i in np.nonzero(inside))
+    displacement, inside = displacement[box], inside[box]
+
+    # gradient[:, c, k]: derivative of component c along grid axis k (x, y, z), per mm.
+    spacing = current_mask.GetSpacing()
+    gradient = np.zeros((int(np.count_nonzero(inside)), 3, 3))
+    for k, axis in enumerate((2, 1, 0)):
+        if displacement.shape[axis] > 1:
+            gradient[:, :, k] = np.gradient(displacement, spacing[k], axis=axis)[inside]
+    # Grid axis k runs along column k of the direction matrix D, so du/dp = G D^T.
+    direction = np.asarray(current_mask.GetDirection()).reshape(3, 3)
+    jacobian = np.eye(3) + gradient @ direction.T
+    determinant = np.linalg.det(jacobian)
+    return {
+        "jacobian_min": float(determinant.min()),
+        "jacobian_max": float(determinant.max()),
+        "jacobian_folding_fraction": float(np.mean(determinant <= MAX_FOLDING_DETERMINANT)),
+    }
 
 
 def similarity_in_overlap(
@@ -191,8 +250,9 @@ def level_shift_ncc(
 def judge(metrics: dict, options: RegistrationOptions) -> tuple[str, str]:
     """Return the verdict ("pass" or "fail") and the reasons for a failure.
 
-    Checks the overlap fraction, NCC (same-modality pairs), normalised MI (CT-MR)
-    and that the metric did not get worse than at the start.
+    Checks the overlap fraction, NCC (same-modality pairs), normalised MI (CT-MR),
+    that the metric did not get worse than at the start and, after a deformable
+    stage, that the deformation does not fold (``jacobian_folding_fraction``).
     """
     reasons = []
     overlap = metrics.get("overlap_fraction", 0.0)
@@ -221,4 +281,11 @@ def judge(metrics: dict, options: RegistrationOptions) -> tuple[str, str]:
         # Both ITK metrics are minimised and negative when images agree.
         if after > before + METRIC_WORSENING_TOLERANCE * abs(before):
             reasons.append(f"the metric got worse: {before:.4f} before, {after:.4f} after")
+    folding = metrics.get("jacobian_folding_fraction")
+    if folding is not None and np.isfinite(folding) and folding > 0.0:
+        reasons.append(
+            f"the deformation folds: Jacobian determinant {metrics['jacobian_min']:.3f} to "
+            f"{metrics['jacobian_max']:.3f}, {folding:.2%} of the overlap at or below "
+            f"{MAX_FOLDING_DETERMINANT}, expected none"
+        )
     return ("fail", "; ".join(reasons)) if reasons else ("pass", "")

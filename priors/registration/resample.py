@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from priors.registration._fields import sampled_transform
+
 __all__ = ["CT_BACKGROUND_HU", "background_value", "resample_onto"]
 
 # Air in HU: what a CT prior shows outside its own field of view.
@@ -43,7 +45,9 @@ def resample_onto(
     prior
         Volume or label map to resample.
     transform
-        Maps current points to prior points (``RegistrationResult.transform``).
+        Maps current points to prior points (``RegistrationResult.transform``). A
+        B-spline inside it is sampled as a displacement field first
+        (``deformable.sampled_transform``).
     kind
         "image": interpolated with ``interpolator``, output float32. "label":
         nearest neighbour, output in the prior's pixel type, background 0.
@@ -58,6 +62,7 @@ def resample_onto(
         On the current grid; voxels outside the prior's field of view hold the
         background value.
     """
+    transform = sampled_transform(transform, current)
     if kind == "label":
         return sitk.Resample(
             prior, current, transform, sitk.sitkNearestNeighbor, 0, prior.GetPixelID()
