@@ -214,6 +214,9 @@ def test_secrets_absent_from_debug_logs(pacs: OrthancServer, tmp_path: Path,
                                         caplog: pytest.LogCaptureFixture) -> None:
     basic = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
     caplog.set_level(logging.DEBUG)
+    # The command line's logging set-up, run by earlier tests in this process, leaves
+    # urllib3's own level at WARNING; this test needs its DEBUG records.
+    caplog.set_level(logging.DEBUG, logger="urllib3")
     good = _orthanc_source(pacs, tmp_path)
     good.echo()
     good.retrieve(_synthetic_studies(cohort)[1]["study_instance_uid"])

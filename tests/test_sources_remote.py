@@ -165,6 +165,8 @@ def test_patient_id_kept_out_of_retry_logs(caplog: pytest.LogCaptureFixture) -> 
                             retries=1, backoff_s=0.01, timeout_s=2.0,
                             cache=RetrievalCache(Path("/nonexistent-cache")))
     caplog.set_level("DEBUG")
+    # The command line's logging set-up, run by earlier tests, raises urllib3's level.
+    caplog.set_level("DEBUG", logger="urllib3")
     with pytest.raises(SourceConnectionError, match="connection refused") as caught:
         source.find_studies(StudyQuery(patient_id="PID-NOT-FOR-LOGS"))
 
