@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                          default="split",
                          help="several volumes at the same positions: one volume per time "
                          "point, the first only, one 4-D image, or reject (default: %(default)s)")
-    convert.add_argument("--min-slices", type=int, default=3,
+    convert.add_argument("--min-slices", type=_positive, default=3,
                          help="fewest slices that make a volume (default: %(default)s)")
 
     audit = commands.add_parser(
@@ -217,6 +218,11 @@ def _query(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise SystemExit(f"priors: --study-date: {err}") from err
 
 
+def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: object = None, line: str | None = None) -> None:
+    logging.getLogger("priors.warnings").debug("%s: %s", category.__name__, message)
+
+
 def _configure_logging(verbosity: int) -> None:
     # priors' own progress at INFO (DEBUG with -v); other libraries' WARNING and up,
     # except with -vv.
@@ -230,6 +236,15 @@ def _configure_logging(verbosity: int) -> None:
         for noisy in ("alembic", "mlflow", "urllib3", "ray", "matplotlib", "PIL",
                       "pynetdicom"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pydicom logs each decoder plugin's failure with a traceback at ERROR; priors
+    # reports every decoder's reason in one line of its own.
+    # pydicom resets the level of its own top logger when imported, so the level goes
+    # on the decoders' logger.
+    if verbosity < 2:
+        logging.getLogger("pydicom.pixels").setLevel(logging.CRITICAL)
+    # Python warnings (a dropped duplicate slice, an odd header value) become one log
+    # line each at DEBUG, shown with -v; the decisions are also in the JSON outputs.
+    warnings.showwarning = _log_warning
     # urllib3's DEBUG lines carry each request's query string, and a QIDO-RS search
     # carries the Patient ID there, so even -vv keeps them off.
     logging.getLogger("urllib3").setLevel(max(logging.getLogger("urllib3").level,

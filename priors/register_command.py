@@ -90,6 +90,10 @@ COPY_CHUNK_BYTES = 16 << 20
 INT16_RANGE = (-32768, 32767)
 
 
+# Largest metric sampling seed ITK accepts (unsigned 32-bit).
+MAX_SEED = 2**32 - 1
+
+
 class InputError(ValueError):
     """An input path that is missing, unreadable or contains no usable volume."""
 
@@ -141,6 +145,7 @@ def _load_series_folder(path: Path, role: str) -> _Input:
     if others:
         choice += f", the one with the most slices of {len(volumes)} volumes built"
     print(f"{role}: {choice}")
+    _check_volume_size(chosen.image, path, role)
     return _Input(
         image=chosen.image,
         modality=str(chosen.metadata.get("modality", "") or ""),
@@ -182,11 +187,65 @@ def _load_image_file(path: Path, role: str) -> _Input:
             f"{role} {path} is a single DICOM file, expected the folder of its series "
             "or a NIfTI file"
         )
+    _check_complete_gzip(path, role)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise InputError(f"{role} {path}: cannot read as a NIfTI image: {err}") from err
+        raise InputError(f"{role} {path}: cannot read as a NIfTI image: "
+                         f"{_itk_message(err)}") from err
+    _check_volume_size(image, path, role)
+    expected = _expected_nifti_bytes(path, image)
+    if expected is not None and path.stat().st_size < expected:
+        raise InputError(f"{role} {path}: the file is truncated: {path.stat().st_size} "
+                         f"bytes, its header needs at least {expected}")
     return _Input(image=image, modality="", info={"path": str(path), "kind": "image file"})
+
+
+# Fewest voxels along each axis that the registration pyramid and its smoothing accept.
+MIN_VOXELS_PER_AXIS = 4
+
+
+def _check_volume_size(image: sitk.Image, path: Path, role: str) -> None:
+    size = image.GetSize()
+    if image.GetDimension() == 3 and min(size) < MIN_VOXELS_PER_AXIS:
+        raise InputError(
+            f"{role} {path}: size {'x'.join(map(str, size))} is too thin to register, "
+            f"expected at least {MIN_VOXELS_PER_AXIS} voxels along each axis")
+
+
+def _check_complete_gzip(path: Path, role: str) -> None:
+    """Raise ``InputError`` for a gzip file cut short, which ITK reads zero-filled."""
+    if path.suffix.lower() != ".gz":
+        return
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(COPY_CHUNK_BYTES):
+                pass
+    except (EOFError, OSError, gzip.BadGzipFile) as err:
+        raise InputError(f"{role} {path}: the file is truncated or not valid gzip: "
+                         f"{err}") from err
+
+
+def _expected_nifti_bytes(path: Path, image: sitk.Image) -> int | None:
+    """Return the size an uncompressed .nii needs for its voxels, or None if unknown."""
+    if path.suffix.lower() != ".nii":
+        return None
+    with path.open("rb") as stream:
+        header = stream.read(112)
+    if len(header) < 112:
+        return None
+    # NIfTI-1: vox_offset is a float32 at byte 108, little or big endian as sizeof_hdr says.
+    order = "<" if int.from_bytes(header[:4], "little") == 348 else ">"
+    offset = int(np.frombuffer(header[108:112], dtype=f"{order}f4")[0])
+    voxels = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel()
+    return offset + voxels * image.GetSizeOfPixelComponent() if offset >= 0 else None
+
+
+def _itk_message(err: BaseException) -> str:
+    """Return the last line of an ITK error without its source file location."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    return last.removeprefix("sitk::ERROR:").strip()
 
 
 def _load(path: Path, role: str) -> _Input:
@@ -201,7 +260,15 @@ def _load(path: Path, role: str) -> _Input:
 
 
 def _resolve_modalities(option: str | None, current: str, prior: str) -> tuple[str, str, str, str]:
-    """Return the modality pair, the current and prior modalities, and where they came from."""
+    """Return the modality pair, the current and prior modalities, and where they came from.
+
+    A cross-modality ``option`` names the current's modality first, so "MR-CT" with
+    two NIfTI files makes the current MR and the prior CT.
+    """
+    if option is not None and not current and not prior:
+        sides = option.strip().upper().split("-")
+        if len(sides) == 2 and all(side in SUPPORTED_MODALITIES for side in sides):
+            current, prior = sides
     for role, modality in (("current", current), ("prior", prior)):
         if modality and modality not in SUPPORTED_MODALITIES and option is None:
             raise InputError(
@@ -389,6 +456,10 @@ def with_command_options(
     if inverse_consistency is not None:
         changes["inverse_consistency"] = inverse_consistency
     if seed is not None:
+        # ITK takes the seed as an unsigned 32-bit value and reads 0 as "seed from the
+        # clock", which would make runs differ while the report says seed 0.
+        if not 1 <= seed <= MAX_SEED:
+            raise InputError(f"--seed is {seed}, expected 1 to {MAX_SEED}")
         changes["seed"] = seed
     if threads is not None:
         if threads < 1:
@@ -450,6 +521,8 @@ def run_register(
         them, 2 for bad input (a missing or unreadable path, no volume, no body found).
     """
     try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError(f"--out {out_dir}: exists and is not a folder")
         loaded_current = _load(Path(current), "current")
         loaded_prior = _load(Path(prior), "prior")
         pair, current_modality, prior_modality, pair_source = _resolve_modalities(
@@ -468,7 +541,15 @@ def run_register(
         print(f"priors: cannot register {prior} onto {current}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"priors: --out {out_dir}: cannot create the folder: {err.strerror or err}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    # A transform of an earlier run in the same folder would contradict this report.
+    for stale in (TRANSFORM_FILE, DEFORMABLE_TRANSFORM_FILE):
+        (out_dir / stale).unlink(missing_ok=True)
     registered = resample_onto(
         loaded_current.image, loaded_prior.image, result.transform, modality=prior_modality
     )

@@ -12,7 +12,9 @@ import pytest
 import SimpleITK as sitk
 
 from priors.cli import main
-from priors.registration import read_transform
+from priors.config import RegistrationSettings
+from priors.register_command import InputError, run_register, with_command_options
+from priors.registration import preset, read_transform
 
 TABLE_MOVED = Path("table-moved/In/Ph")
 OUTPUTS = ("transform.tfm", "registered_prior.nii.gz", "overlay.png", "report.json")
@@ -252,3 +254,60 @@ def test_register_correlation_for_ct_mr_exit_2(
 
     assert code == 2
     assert "does not suit a CT-MR pair" in capsys.readouterr().err
+
+
+def _random_volume(path: Path, shape: tuple[int, int, int]) -> Path:
+    values = np.random.default_rng(0).normal(0.0, 1.0, shape).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(path))
+    return path
+
+
+def test_truncated_nifti_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    whole = _random_volume(tmp_path / "whole.nii.gz", (20, 32, 32))
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(whole.read_bytes()[:2000])
+    plain = _random_volume(tmp_path / "plain.nii", (20, 32, 32))
+    cut_plain = tmp_path / "cut.nii"
+    cut_plain.write_bytes(plain.read_bytes()[:5000])
+
+    for broken in (cut, cut_plain):
+        status = run_register(broken, whole, out_dir=tmp_path / "out",
+                              settings=RegistrationSettings())
+        assert status == 2
+        assert "truncated" in capsys.readouterr().err
+
+
+def test_thin_volume_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    thin = _random_volume(tmp_path / "thin.nii.gz", (2, 32, 32))
+    whole = _random_volume(tmp_path / "whole.nii.gz", (20, 32, 32))
+
+    status = run_register(thin, whole, out_dir=tmp_path / "out", settings=RegistrationSettings())
+
+    assert status == 2
+    assert "too thin to register" in capsys.readouterr().err
+
+
+def test_out_path_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    whole = _random_volume(tmp_path / "whole.nii.gz", (20, 32, 32))
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+
+    status = run_register(whole, whole, out_dir=taken, settings=RegistrationSettings())
+
+    assert status == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", [0, -5, 2**32])
+def test_seed_outside_itk_range_refused(seed: int) -> None:
+    with pytest.raises(InputError, match=f"--seed is {seed}, expected 1 to 4294967295"):
+        with_command_options(RegistrationSettings(), seed=seed)
+    with pytest.raises(ValueError, match=f"seed {seed} is invalid"):
+        preset("CT-CT", RegistrationSettings(seed=seed))
+
+
+def test_cross_modality_order_kept_for_nifti() -> None:
+    from priors.register_command import _resolve_modalities
+
+    assert _resolve_modalities("MR-CT", "", "")[1:3] == ("MR", "CT")
+    assert _resolve_modalities("CT-MR", "", "")[1:3] == ("CT", "MR")

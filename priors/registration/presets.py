@@ -238,6 +238,15 @@ def preset(
             "expected the same number"
         )
 
+    # ITK takes the seed as unsigned 32-bit and reads 0 as "seed from the clock", which
+    # would break the promise of identical runs with one thread.
+    if not 1 <= settings.seed <= 2**32 - 1:
+        raise ValueError(f"registration settings: seed {settings.seed} is invalid, "
+                         "expected 1 to 4294967295")
+    if settings.threads < 1:
+        raise ValueError(f"registration settings: threads {settings.threads} is invalid, "
+                         "expected 1 or more")
+
     requested_metric = settings.metric.strip().lower()
     if requested_metric not in METRICS:
         raise ValueError(

@@ -721,9 +721,23 @@ def _finish(
     if options.affine:
         stage = time.perf_counter()
         try:
-            transform, info = _affine_stage(pyramids, transform, options, masks)
-            metrics["stages"].append("affine")
+            affine, info = _affine_stage(pyramids, transform, options, masks)
             metrics["affine_iterations_per_level"] = info["iterations_per_level"]
+            # An affine fit that ends worse than the rigid one it started from (for
+            # example pulled by a structure that moved between the scans) is dropped.
+            rigid_metric, affine_metric = (
+                _levels.evaluate(*finest, candidate, options, fixed_mask=masks.metric_fixed,
+                                 moving_mask=masks.metric_moving)
+                for candidate in (transform, affine))
+            if affine_metric < rigid_metric:
+                transform = affine
+                metrics["stages"].append("affine")
+            else:
+                metrics["affine_error"] = (
+                    f"affine metric {affine_metric:.4f} is not better than the rigid "
+                    f"{rigid_metric:.4f}; the rigid result is kept")
+                logger.warning("affine stage made the metric worse (%.4f against %.4f), "
+                               "keeping the rigid result", affine_metric, rigid_metric)
         except _levels.OverlapError as err:
             metrics["affine_error"] = str(err)
             logger.warning("affine stage failed, keeping the rigid result: %s", err)
