@@ -133,4 +133,12 @@ def convert_command(sources: Sequence[str], *, out_dir: Path, **policies: Any) -
     """
     from priors.dicom.convert import run_convert
 
-    return run_convert([Path(path) for path in sources], out_dir=out_dir, **policies)
+    paths = []
+    for text in sources:
+        path = Path(text)
+        # A DICOMDIR names its file set, the folder it sits in.
+        if path.is_file() and path.name.upper().startswith("DICOMDIR"):
+            log.info("%s: converting the file set in %s", path, path.parent)
+            path = path.parent
+        paths.append(path)
+    return run_convert(paths, out_dir=out_dir, **policies)

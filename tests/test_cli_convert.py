@@ -134,3 +134,16 @@ def test_convert_policy_choices_match_volume_module():
     assert set(cli.CONVERT_GAP_POLICIES) == set(volume.GAP_POLICIES)
     assert set(cli.CONVERT_TILT_POLICIES) == set(volume.TILT_POLICIES)
     assert set(cli.CONVERT_TEMPORAL_POLICIES) == set(volume.TEMPORAL_POLICIES)
+
+
+def test_dicomdir_file_converts_its_file_set(tmp_path: Path) -> None:
+    from priors.commands import convert_command
+    from priors.synthetic import write_cohort
+
+    cohort = write_cohort(tmp_path / "cohort", seed=1, n_patients=1, n_timepoints=2,
+                          matrix=32, n_slices=6)
+
+    status = convert_command([str(cohort.media_dir / "DICOMDIR")], out_dir=tmp_path / "out")
+
+    assert status == 0
+    assert list((tmp_path / "out").rglob("*.nii.gz"))
