@@ -243,7 +243,7 @@ def _configure_logging(verbosity: int) -> None:
     if verbosity < 2:
         logging.getLogger("pydicom.pixels").setLevel(logging.CRITICAL)
     # Python warnings (a dropped duplicate slice, an odd header value) become one log
-    # line each at DEBUG, shown with -v; the decisions are also in the JSON outputs.
+    # line each at DEBUG, shown with -v. The decisions are also in the JSON outputs.
     warnings.showwarning = _log_warning
     # urllib3's DEBUG lines carry each request's query string, and a QIDO-RS search
     # carries the Patient ID there, so even -vv keeps them off.
@@ -267,7 +267,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
 
     from priors.config import ConfigError, load_settings
-    from priors.sources.pacs import SourceSpecError
 
     try:
         settings = load_settings(args.config)
@@ -278,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = _COMMANDS[args.command]
     try:
         return handler(args, settings)
-    except (FileNotFoundError, NotADirectoryError, SourceSpecError) as err:
+    except (FileNotFoundError, NotADirectoryError, ConfigError) as err:
         # A missing or wrong-kind source is a usage error, not a crash.
         print(f"priors: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,6 +1,6 @@
 """``priors find`` and ``priors fetch``: search a PACS, and pull studies into the catalog.
 
-``find`` only asks. ``fetch`` retrieves the matching studies (or only their series of
+``find`` only searches. ``fetch`` retrieves the matching studies (or only their series of
 one modality) into the retrieval cache and then ingests the source, so the catalog
 accounts for every instance received; ``priors prepare <PACS name>`` then works on
 them as on a folder. Patient IDs are shown as keyed pseudonyms, never in clear.

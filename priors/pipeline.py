@@ -48,9 +48,10 @@ SKIPPED = "skipped"
 class InstanceRef:
     """One instance behind a model input, with where it was read and its hashes.
 
-    ``location`` names the instance in its source's terms (a file, an archive member,
-    a PACS URL); ``path`` is the local file its bytes are read from, when that differs:
-    the extracted copy of an archive member or the cached copy of a PACS instance.
+    ``location`` names the instance in its source's terms: a file, an archive member,
+    a PACS URL. ``path`` is the local file its bytes are read from, when that differs,
+    such as the extracted copy of an archive member or the cached copy of a PACS
+    instance.
     """
 
     sop_instance_uid: str
@@ -65,7 +66,7 @@ class InstanceRef:
 
     @property
     def readable_path(self) -> str:
-        """Return the local file that holds the instance's bytes."""
+        """Return the local file that contains the instance's bytes."""
         return self.path or self.location
 
     def as_dict(self) -> dict[str, Any]:

@@ -201,7 +201,7 @@ def _load_image_file(path: Path, role: str) -> _Input:
     return _Input(image=image, modality="", info={"path": str(path), "kind": "image file"})
 
 
-# Fewest voxels along each axis that the registration pyramid and its smoothing accept.
+# Minimum voxels along each axis that the registration pyramid and its smoothing accept.
 MIN_VOXELS_PER_AXIS = 4
 
 
@@ -234,7 +234,7 @@ def _expected_nifti_bytes(path: Path, image: sitk.Image) -> int | None:
         header = stream.read(112)
     if len(header) < 112:
         return None
-    # NIfTI-1: vox_offset is a float32 at byte 108, little or big endian as sizeof_hdr says.
+    # NIfTI-1: vox_offset is a float32 at byte 108, little or big endian as sizeof_hdr shows.
     order = "<" if int.from_bytes(header[:4], "little") == 348 else ">"
     offset = int(np.frombuffer(header[108:112], dtype=f"{order}f4")[0])
     voxels = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel()
@@ -457,7 +457,7 @@ def with_command_options(
         changes["inverse_consistency"] = inverse_consistency
     if seed is not None:
         # ITK takes the seed as an unsigned 32-bit value and reads 0 as "seed from the
-        # clock", which would make runs differ while the report says seed 0.
+        # clock", which would make runs differ while the report shows seed 0.
         if not 1 <= seed <= MAX_SEED:
             raise InputError(f"--seed is {seed}, expected 1 to {MAX_SEED}")
         changes["seed"] = seed

@@ -169,7 +169,7 @@ class OrthancServer:
         return config
 
     def start(self) -> OrthancServer:
-        """Write the configuration, start Orthanc and wait until it answers."""
+        """Write the configuration, start Orthanc and wait until it responds."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(self.configuration(), indent=2))
@@ -233,7 +233,7 @@ class OrthancServer:
             return response.read()
 
     def get_json(self, path: str) -> Any:
-        """GET a REST path and decode the JSON answer."""
+        """GET a REST path and decode the JSON response."""
         return json.loads(self.request("GET", path))
 
     def upload(self, paths: Iterable[Path]) -> list[str]:
@@ -247,7 +247,7 @@ class OrthancServer:
                 answer = json.loads(self.request("POST", "/instances", path.read_bytes(),
                                                  "application/dicom"))
             except urllib.error.HTTPError as err:
-                # Orthanc 1.10 answers 400 for a file it cannot parse and 404 for a
+                # Orthanc 1.10 returns 400 for a file it cannot parse and 404 for a
                 # DICOMDIR or a data set without the four identifying UIDs.
                 if err.code in (400, 404):
                     continue

@@ -335,8 +335,8 @@ def test_memo_stays_small(tmp_path: Path) -> None:
 
 
 def test_non_finite_numbers_parsed_none() -> None:
-    # pydicom reads these DS values as NaN and infinity; the header holds None, as
-    # the catalog stores them.
+    # pydicom reads these DS values as NaN and infinity. The header contains None
+    # instead, as the catalog stores them.
     with pytest.warns(UserWarning, match="Invalid value for VR DS"):
         ds = Dataset()
         ds.SliceThickness = "NaN"

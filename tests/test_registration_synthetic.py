@@ -265,7 +265,7 @@ def test_determinism_one_thread(small_pair: tuple) -> None:
 
 
 # ITK's threaded metric sums in a varying order, so two threads may move the result a
-# little between runs; the points over the overlap must still agree this closely (mm).
+# little between runs. Points over the body must still agree this closely (mm).
 THREADED_AGREEMENT_MM = 0.05
 
 

@@ -676,7 +676,7 @@ def _patient_row(row: PatientRecordModel) -> PatientRecordRow:
 
 
 def _create_private(database: str | None) -> None:
-    """Create a SQLite catalog file readable by its owner only, since it holds identifiers."""
+    """Create a SQLite catalog file readable by its owner only, since it contains identifiers."""
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     try:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from priors.dicom.dicomdir import find_dicomdir
-from priors.sources.archive import ZipSource, looks_like_zip
+from priors.sources.archive import looks_like_zip
 from priors.sources.base import (
     AbsentReference,
     Source,
@@ -14,7 +14,7 @@ from priors.sources.base import (
     SourceIssue,
     patient_issuer,
 )
-from priors.sources.folder import FolderSource
+from priors.sources.folder import FolderSource, ZipSource
 from priors.sources.media import MediaSource
 
 __all__ = [

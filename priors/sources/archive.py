@@ -23,20 +23,16 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from priors.dicom.hashing import file_sha256
 from priors.sources.base import (
     ROLE_ARCHIVE,
     ROLE_INSTANCE,
-    AbsentReference,
     SourceFile,
-    SourceIssue,
 )
 
 __all__ = [
     "ARCHIVE_SUFFIX",
-    "ZipSource",
     "default_cache_dir",
     "is_zip_archive",
     "iter_archive_files",
@@ -153,59 +149,6 @@ def iter_archive_members(
                              error=error_file.read_text(encoding="utf-8"))
         else:
             yield SourceFile(source_id, stored, ROLE_INSTANCE, location=location)
-
-
-class ZipSource:
-    """A ZIP archive given as a source: read like a folder holding its members.
-
-    Parameters
-    ----------
-    archive
-        The ZIP file.
-    issuer
-        Issuer of Patient ID to assume for instances that carry none.
-    source_id
-        Stable identifier; ``"zip:<absolute path>"`` by default.
-    cache_dir
-        Folder for extracted members; ``<priors home>/cache/zip`` by default.
-    """
-
-    kind = "zip"
-
-    def __init__(
-        self,
-        archive: str | os.PathLike[str],
-        *,
-        issuer: str = "",
-        source_id: str | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-    ) -> None:
-        self.root = Path(archive).absolute()
-        self.issuer = issuer
-        self.source_id = source_id or f"{self.kind}:{self.root}"
-        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._issues: list[SourceIssue] = []
-
-    def describe(self) -> dict[str, Any]:
-        """Return the kind, id, archive path and issuer of the source, for provenance."""
-        return {"kind": self.kind, "source_id": self.source_id, "root": str(self.root),
-                "issuer": self.issuer, "file_set_id": ""}
-
-    def iter_files(self) -> Iterator[SourceFile]:
-        """Yield the archive itself, then every member; see ``iter_archive_files``."""
-        messages: list[str] = []
-        yield from iter_archive_files(self.root, source_id=self.source_id,
-                                      cache_dir=self._cache_dir or default_cache_dir(),
-                                      issues=messages)
-        self._issues = [SourceIssue(self.source_id, "archive", text) for text in messages]
-
-    def absent_references(self) -> list[AbsentReference]:
-        """Return no records: an archive is read without its DICOMDIR, if it has one."""
-        return []
-
-    def issues(self) -> list[SourceIssue]:
-        """Return the problems met by the last complete ``iter_files``."""
-        return list(self._issues)
 
 
 def _archive_error(archive: Path, err: BaseException) -> str:

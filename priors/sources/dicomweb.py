@@ -62,7 +62,7 @@ class _QueryRedactor(logging.Filter):
 
     urllib3 logs each retry and each DEBUG request with the URL's query string, and a
     QIDO-RS query carries the Patient ID, so the query is replaced before any handler
-    sees the record.
+    receives the record.
     """
 
     _QUERY = re.compile(r"\?[^\s'\"]*")

@@ -16,7 +16,7 @@ from priors.sources.base import (
     SourceIssue,
 )
 
-__all__ = ["FolderSource", "walk_files"]
+__all__ = ["FolderSource", "ZipSource", "walk_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,36 @@ class FolderSource:
         yield from iter_archive_files(path, source_id=self.source_id,
                                       cache_dir=self._cache_dir or default_cache_dir(),
                                       issues=messages)
+
+
+class ZipSource(FolderSource):
+    """A ZIP archive given as a source: read like a folder holding its members.
+
+    Parameters
+    ----------
+    archive
+        The ZIP file.
+    issuer
+        Issuer of Patient ID to assume for instances that carry none.
+    source_id
+        Stable identifier; ``"zip:<absolute path>"`` by default.
+    cache_dir
+        Folder for extracted members; ``<priors home>/cache/zip`` by default.
+    """
+
+    kind = "zip"
+
+    def iter_files(self) -> Iterator[SourceFile]:
+        """Yield the archive itself, then every member; see ``iter_archive_files``."""
+        messages: list[str] = []
+        yield from iter_archive_files(self.root, source_id=self.source_id,
+                                      cache_dir=self._cache_dir or default_cache_dir(),
+                                      issues=messages)
+        self._issues = [SourceIssue(self.source_id, "archive", text) for text in messages]
+
+    def absent_references(self) -> list[AbsentReference]:
+        """Return no records: an archive is read without its DICOMDIR, if it has one."""
+        return []
 
 
 def walk_files(root: Path, *, issues: list[str] | None = None) -> Iterator[Path]:

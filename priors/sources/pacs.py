@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from priors.config import ConfigError
 from priors.sources.remote import RemoteSource, RetrievalCache
 
 __all__ = [
@@ -61,8 +62,12 @@ _DIMSE_KEYS = frozenset({"host", "port", "called_ae", "calling_ae", "institution
 INSTITUTION_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-class SourceSpecError(ValueError):
-    """A source named on the command line or in the configuration that cannot be used."""
+class SourceSpecError(ConfigError):
+    """A source named on the command line or in the configuration that cannot be used.
+
+    A ``ConfigError``, so the command line reports it as a usage error without
+    importing this module (and pydicom with it) at start-up.
+    """
 
 
 def is_remote_spec(spec: str, configured: Mapping[str, Mapping[str, Any]]) -> bool:
@@ -170,7 +175,7 @@ def open_sources(
         Retrieval cache of the PACS sources.
     offline
         Open PACS sources only to list what they retrieved already (see
-        ``open_remote_source``); true by default, since ingest and the main job read
+        ``open_remote_source``). True by default, because ingest and the main job read
         the cache and send nothing to the PACS.
 
     Raises

@@ -1,4 +1,4 @@
-"""Sources that answer queries: PACS reached over DICOMweb or DIMSE.
+"""Sources that are searched and retrieved from: PACS reached over DICOMweb or DIMSE.
 
 A remote source searches by patient, issuer, date range and modality, retrieves a
 study or a series into the local content-addressed cache (``RetrievalCache``), and
@@ -86,7 +86,7 @@ def validate_date_range(value: str) -> str:
 
 @dataclass(frozen=True)
 class StudyQuery:
-    """What to search for; empty fields match anything.
+    """Search criteria; empty fields match anything.
 
     ``study_date`` is a DICOM date range (see ``validate_date_range``); ``modality``
     matches Modalities in Study at study level and Modality at series level.
@@ -133,7 +133,7 @@ class SeriesMatch:
 
 @dataclass
 class RetrieveResult:
-    """What one retrieve delivered.
+    """The outcome of one retrieve.
 
     ``files`` are the cached copies of the instances received. The sub-operation
     counts are those the peer reported (DIMSE C-GET and C-MOVE); a DICOMweb
@@ -159,7 +159,7 @@ class RetrieveResult:
 
 @runtime_checkable
 class RemoteSource(Protocol):
-    """A PACS or archive that answers searches and retrieves.
+    """A PACS or archive that serves searches and retrieves.
 
     ``source_id`` names the institution and the endpoint, for example
     ``"dicomweb:site-a@http://127.0.0.1:8042/dicom-web"``; it never holds a
@@ -174,7 +174,7 @@ class RemoteSource(Protocol):
         ...
 
     def echo(self) -> None:
-        """Check that the source answers; raise ``SourceConnectionError`` if not."""
+        """Check that the source responds; raise ``SourceConnectionError`` if not."""
         ...
 
     def find_studies(self, query: StudyQuery) -> list[StudyMatch]:
