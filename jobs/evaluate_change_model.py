@@ -19,10 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from priors.argtypes import positive_int
 from priors.change.benchmark import compare_methods, format_table
 from priors.synthetic import pairs as synthetic_pairs
 
 logger = logging.getLogger("priors.jobs.evaluate_change_model")
+
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPOSITORY_ROOT / "models" / "ct_chest_change"
@@ -33,7 +35,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="MONAI bundle folder")
     parser.add_argument(
         "--pairs",
-        type=int,
+        type=positive_int,
         default=None,
         help="number of held-out pairs (default from evaluate.json)",
     )
@@ -45,7 +47,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=2,
         help="torch intra-op threads on the CPU; 1 runs faster on a host busy with other work",
     )

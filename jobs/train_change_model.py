@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from priors.argtypes import non_negative_int, positive_float, positive_int
+from priors.change.examples import ExampleStream, make_examples
 from priors.change.model import sha256_file
-from priors.change.preprocessing import stack_inputs
 from priors.synthetic import pairs as synthetic_pairs
 
 logger = logging.getLogger("priors.jobs.train_change_model")
@@ -41,19 +42,19 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help="passes over the training pairs (default from train.json)",
     )
     parser.add_argument(
         "--pairs",
-        type=int,
+        type=positive_int,
         default=None,
         help="number of synthetic training pairs (default from train.json)",
     )
     parser.add_argument(
         "--minutes",
-        type=float,
+        type=positive_float,
         default=None,
         help="training wall-time budget in minutes; training stops when it runs out",
     )
@@ -65,15 +66,21 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="training seed (default from train.json); pairs come from the training stream",
     )
     parser.add_argument(
         "--held-out-pairs",
-        type=int,
+        type=positive_int,
         default=None,
         help="held-out pairs to evaluate on (default from evaluate.json)",
+    )
+    parser.add_argument(
+        "--validation-pairs",
+        type=positive_int,
+        default=None,
+        help="validation pairs to choose the post-processing on (default from train.json)",
     )
     parser.add_argument(
         "--ray",
@@ -83,9 +90,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=2,
         help="torch intra-op threads on the CPU; 1 runs faster on a host busy with other work",
+    )
+    parser.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="train on the initial pairs only, without a process generating new ones",
     )
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
     parser.add_argument(
@@ -131,38 +143,50 @@ def generate_and_train(bundle: str, options: dict[str, Any]) -> dict[str, Any]:
     preprocessing = read_json(bundle_path / "configs" / "inference.json")["preprocessing"]
 
     started = time.monotonic()
-    pairs = synthetic_pairs.training_pairs(
-        options["seed"],
-        options["pairs"],
-        shape=options["pair_shape"],
-        spacing=options["spacing_mm"],
+    grid = {"shape": options["pair_shape"], "spacing": options["spacing_mm"]}
+    examples, pairs = make_examples(
+        options["seed"], options["pairs"], preprocessing=preprocessing, **grid
     )
-    examples = [(stack_inputs(p.current, p.prior, preprocessing), p.labels) for p in pairs]
     generation_seconds = time.monotonic() - started
     change_voxels = float(np.mean([np.count_nonzero(p.labels) / p.labels.size for p in pairs]))
-    logger.info("generated %d training pairs in %.0f s", len(pairs), generation_seconds)
+    no_change_pairs = sum(not p.has_change for p in pairs)
+    del pairs
+    logger.info("generated %d training pairs in %.0f s", len(examples), generation_seconds)
 
     network = build_network(bundle_path)
     device = resolve_device(options["device"])
-    history = train_change_network(
-        network,
-        examples,
-        roi_size=options["roi_size"],
-        epochs=options["epochs"],
-        batch_size=options["batch_size"],
-        learning_rate=options["learning_rate"],
-        change_class_weight=options["change_class_weight"],
-        max_seconds=options["minutes"] * 60.0,
-        seed=options["seed"],
-        device=device,
-    )
+    training = {
+        "roi_size": options["roi_size"],
+        "epochs": options["epochs"],
+        "batch_size": options["batch_size"],
+        "learning_rate": options["learning_rate"],
+        "change_class_weight": options["change_class_weight"],
+        "focus_probability": options["focus_probability"],
+        "max_seconds": options["minutes"] * 60.0,
+        "seed": options["seed"],
+        "device": device,
+    }
+    streamed = {"produced": 0, "without_change": 0}
+    if options["stream"]:
+        # New pairs continue the training stream after the initial pool and replace
+        # its oldest examples while the network trains.
+        with ExampleStream(
+            options["seed"], first=options["pairs"], preprocessing=preprocessing, **grid
+        ) as stream:
+            history = train_change_network(
+                network, examples, fresh_examples=stream.take, **training
+            )
+            streamed = {"produced": stream.produced, "without_change": stream.without_change}
+    else:
+        history = train_change_network(network, examples, **training)
     state = {key: value.detach().cpu() for key, value in network.state_dict().items()}
     return {
         "state_dict": state,
         "history": history.__dict__,
         "generation_seconds": generation_seconds,
         "change_voxel_fraction": change_voxels,
-        "no_change_pairs": sum(not p.has_change for p in pairs),
+        "no_change_pairs": no_change_pairs + streamed["without_change"],
+        "pairs_seen": options["pairs"] + streamed["produced"],
         "device": device,
     }
 
@@ -186,7 +210,9 @@ def run_training(bundle: Path, options: dict[str, Any], *, use_ray: bool) -> dic
     else:
         ray.init(address=address, include_dashboard=False)
     gpus = 1 if options["device"] in ("auto", "cuda") and _cuda_available() else 0
-    task = ray.remote(num_cpus=options["threads"], num_gpus=gpus)(generate_and_train)
+    # The example stream runs in a process of its own, so it needs a CPU of its own.
+    cpus = options["threads"] + (1 if options["stream"] else 0)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(generate_and_train)
     try:
         return ray.get(task.remote(str(bundle), options))
     finally:
@@ -197,6 +223,47 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def calibrate_postprocessing(
+    bundle: Path, options: dict[str, Any], *, pairs: int, device: str, threads: int
+) -> dict[str, Any]:
+    """Choose the post-processing settings on validation pairs and write them into the bundle.
+
+    The pairs come from the validation stream, which neither training nor the held-out
+    evaluation draws from. Returns the chosen settings and every setting tried.
+    """
+    from priors.change.model import load_change_model
+    from priors.change.postprocess import choose_postprocessing
+
+    started = time.monotonic()
+    validation = synthetic_pairs.validation_pairs(
+        options["seed"], pairs, shape=options["pair_shape"], spacing=options["spacing_mm"]
+    )
+    model = load_change_model(bundle, device=device, torch_threads=threads)
+    probabilities = model.class_probabilities([(p.current, p.prior, p.spacing) for p in validation])
+    chosen, rows = choose_postprocessing(
+        probabilities, [p.labels for p in validation], spacing=options["spacing_mm"]
+    )
+    path = bundle / "configs" / "inference.json"
+    inference = read_json(path)
+    inference["postprocessing"].update(chosen)
+    path.write_text(json.dumps(inference, indent=4) + "\n", encoding="utf-8")
+    best = next(row for row in rows if all(row[k] == v for k, v in chosen.items()))
+    logger.info(
+        "post-processing from %d validation pairs in %.0f s: %s",
+        pairs,
+        time.monotonic() - started,
+        chosen,
+    )
+    return {
+        "validation_seed": options["seed"],
+        "validation_pairs": pairs,
+        "chosen": chosen,
+        "validation_lesion_f1_5mm": round(best["lesion_f1_5mm"], 4),
+        "validation_fp_per_no_change_pair": round(best["fp_per_no_change_pair"], 4),
+        "tried": rows,
+    }
 
 
 def write_metadata(bundle: Path, training: dict[str, Any]) -> dict[str, Any]:
@@ -283,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": train_config["batch_size"],
         "learning_rate": train_config["learning_rate"],
         "change_class_weight": train_config["change_class_weight"],
+        "focus_probability": train_config.get("focus_probability", 0.0),
+        "stream": not arguments.no_stream,
         "threads": arguments.threads,
         "device": arguments.device,
     }
@@ -314,6 +383,14 @@ def main(argv: list[str] | None = None) -> int:
             "wrote %s (%d bytes, sha256 %s)", weights, weights.stat().st_size, weights_sha256[:12]
         )
 
+        calibration = calibrate_postprocessing(
+            bundle,
+            options,
+            pairs=arguments.validation_pairs or train_config.get("validation_pairs", 80),
+            device=arguments.device,
+            threads=arguments.threads,
+        )
+
         # Held-out evaluation on the stream that training never draws from.
         from evaluate_change_model import evaluate_bundle
 
@@ -327,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
             "generator_version": synthetic_pairs.GENERATOR_VERSION,
             "seed": options["seed"],
             "pairs": options["pairs"],
+            "pairs_seen": result["pairs_seen"],
+            "streamed": options["stream"],
             "no_change_pairs": result["no_change_pairs"],
             "epochs": len(history["epoch_loss"]),
             "epochs_planned": options["epochs"],
@@ -338,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch_threads": options["threads"],
             "host": f"{platform.machine()}, {os.cpu_count()} CPUs visible",
             "mlflow_run_id": run.info.run_id if run else None,
+            "postprocessing": {k: v for k, v in calibration.items() if k != "tried"},
             "held_out": {
                 "seed": evaluate_config["seed"],
                 "pairs": held_out_count,
@@ -366,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, report in reports.items():
                 mlflow.log_metrics(flatten_metrics(report, f"held_out.{name}"))
             mlflow.log_dict(reports, "held_out_evaluation.json")
+            mlflow.log_dict(calibration, "postprocessing_search.json")
+            mlflow.log_params(
+                {f"postprocessing.{key}": value for key, value in calibration["chosen"].items()}
+            )
             mlflow.log_artifacts(str(bundle), artifact_path="bundle")
             version = register_bundle(
                 run.info.run_id, run.info.artifact_uri, weights_sha256, metadata["version"]

@@ -186,6 +186,12 @@ def prepare_person(
 ) -> PersonResult:
     """Build, register and compare every pair of one person.
 
+    Pairs that reach the change model wait until ``model.pair_batch_size`` of them
+    have (or the person has no more), and then go through one ``predict_batch``
+    call. A pair that needs no model is finished at once. Each pair keeps its own
+    outputs, provenance and errors. When the batched call raises, the model runs
+    again pair by pair, and only the pairs that fail then are failed.
+
     Parameters
     ----------
     task
@@ -196,35 +202,144 @@ def prepare_person(
         Returns the loaded change model (a ``priors.change.ChangeModel``), or None
         when there is none. It is called for every pair that passes registration, so
         it should load once and then return the same model, as the Ray actors'
-        loader does.
+        loader does. Its ``pair_batch_size``, ``predict_batch`` and ``predict``
+        are used.
     """
     from priors.dicom.volume import build_volumes
 
     task.package_dir.mkdir(parents=True, exist_ok=True)
     result = PersonResult(task.person, task.current_study_uid, str(task.package_dir), [])
     current_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
-    for pair in task.pairs:
+    finished: list[PairResult | None] = [None] * len(task.pairs)
+    waiting: list[tuple[int, _StagedPair, _ChangeInputs]] = []
+    for index, pair in enumerate(task.pairs):
         started = time.perf_counter()
         try:
             if pair.current.series_instance_uid not in current_cache:
                 current_cache[pair.current.series_instance_uid] = _volume_for(
                     pair.current, build_volumes)
-            pair_result = _prepare_pair(
+            staged = _stage_pair(
                 task, pair, current_cache[pair.current.series_instance_uid],
-                settings=settings, model_loader=model_loader, build_volumes=build_volumes)
+                started=started, model_loader=model_loader, settings=settings,
+                build_volumes=build_volumes)
         except Exception as err:  # one broken pair must not stop the person's others
-            log.error("pair %s of person %s failed: %s", pair.pair_id, task.person, err)
-            log.debug("traceback of pair %s:\n%s", pair.pair_id, traceback.format_exc())
-            pair_result = _failed_pair(task, pair, f"{type(err).__name__}: {err}",
-                                       seconds=time.perf_counter() - started)
-            pair_result.rejected_files = list(getattr(err, "rejected_files", []))
-        result.pairs.append(pair_result)
+            finished[index] = _pair_failure(task, pair, err, started=started)
+            continue
+        change = staged.change
+        if change is None or not change.use_model:
+            finished[index] = _finish_or_fail(task, staged, None, settings=settings)
+            continue
+        waiting.append((index, staged, change))
+        if len(waiting) >= change.model.pair_batch_size:
+            _finish_waiting(task, waiting, finished, settings=settings)
+            waiting = []
+    _finish_waiting(task, waiting, finished, settings=settings)
+    result.pairs = [pair_result for pair_result in finished if pair_result is not None]
 
     for series_uid, (volume, _) in current_cache.items():
         if volume is not None:
             result.current_volume = _write_image(
                 volume.image, task.package_dir / f"current_{_short(series_uid)}.nii.gz")
     return result
+
+
+@dataclass
+class _ChangeInputs:
+    """A registered pair's arrays on the current grid, and the method it will get."""
+
+    current_array: np.ndarray  # (z, y, x) float32
+    prior_array: np.ndarray  # (z, y, x) float32, the prior resampled onto the current
+    overlap: np.ndarray  # (z, y, x) bool, where the prior covers the current
+    spacing: tuple[float, float, float]  # (sx, sy, sz) mm
+    model: Any
+    use_model: bool
+    scope_reason: str
+
+
+@dataclass
+class _StagedPair:
+    """A pair with volumes and registration done, waiting for its change maps."""
+
+    pair: PairTask
+    started: float
+    pair_dir: Path
+    record: ProvenanceRecord
+    current: Any
+    current_info: dict[str, Any]
+    prior: Any
+    prior_info: dict[str, Any]
+    current_digest: str
+    prior_digest: str
+    registration: Any
+    registration_info: dict[str, Any]
+    registered: Any
+    outputs: dict[str, str]
+    timings: dict[str, float]
+    # None when the registration failed its quality checks and the pair is held back.
+    change: _ChangeInputs | None
+
+
+def _finish_waiting(task: PersonTask, waiting: list[tuple[int, _StagedPair, _ChangeInputs]],
+                    finished: list[PairResult | None], *, settings: Settings) -> None:
+    """Run the change model on the waiting pairs together, then finish each pair."""
+    if not waiting:
+        return
+    clock = time.perf_counter()
+    outputs = _predict_pairs(task, [change for _, _, change in waiting])
+    # The pairs of one call share its time equally.
+    share = (time.perf_counter() - clock) / len(waiting)
+    for (index, staged, _), output in zip(waiting, outputs, strict=True):
+        staged.timings["change_s"] += share
+        finished[index] = _finish_or_fail(task, staged, output, settings=settings)
+
+
+def _predict_pairs(task: PersonTask, changes: list[_ChangeInputs]) -> list[Any]:
+    """Return each pair's model output, or the exception its prediction raised.
+
+    Several pairs go through one ``predict_batch`` call. When that raises, each
+    pair is predicted alone, so one bad pair costs only its own result.
+    """
+    model = changes[0].model
+    if len(changes) > 1:
+        try:
+            return list(model.predict_batch(
+                [(change.current_array, change.prior_array, change.spacing)
+                 for change in changes]))
+        except Exception as err:  # retried below pair by pair
+            log.warning("change model on %d pairs of person %s failed together, "
+                        "retrying one by one: %s: %s", len(changes), task.person,
+                        type(err).__name__, err)
+    outputs: list[Any] = []
+    for change in changes:
+        try:
+            outputs.append(model.predict(change.current_array, change.prior_array,
+                                         spacing=change.spacing))
+        except Exception as err:  # reported as that pair's failure
+            outputs.append(err)
+    return outputs
+
+
+def _finish_or_fail(task: PersonTask, staged: _StagedPair, output: Any, *,
+                    settings: Settings) -> PairResult:
+    """Finish a staged pair, or return it as failed with the error that stopped it."""
+    try:
+        if isinstance(output, Exception):
+            raise output
+        return _finish_pair(task, staged, output, settings=settings)
+    except Exception as err:  # one broken pair must not stop the person's others
+        return _pair_failure(task, staged.pair, err, started=staged.started)
+
+
+def _pair_failure(task: PersonTask, pair: PairTask, err: Exception, *,
+                  started: float) -> PairResult:
+    """Log a pair's error and return the pair as failed with it as the reason."""
+    log.error("pair %s of person %s failed: %s", pair.pair_id, task.person, err)
+    log.debug("traceback of pair %s:\n%s", pair.pair_id,
+              "".join(traceback.format_exception(err)))
+    pair_result = _failed_pair(task, pair, f"{type(err).__name__}: {err}",
+                               seconds=time.perf_counter() - started)
+    pair_result.rejected_files = list(getattr(err, "rejected_files", []))
+    return pair_result
 
 
 def _volume_for(series: SeriesRef, build_volumes: Callable[..., Any]) -> tuple[Any, dict[str, Any]]:
@@ -265,15 +380,17 @@ class VolumeError(RuntimeError):
         self.rejected_files = rejected_files or []
 
 
-def _prepare_pair(
+def _stage_pair(
     task: PersonTask,
     pair: PairTask,
     current_entry: tuple[Any, dict[str, Any]],
     *,
+    started: float,
     settings: Settings,
     model_loader: Callable[[], Any] | None,
     build_volumes: Callable[..., Any],
-) -> PairResult:
+) -> _StagedPair:
+    """Build the prior's volume, register it and get the change inputs ready."""
     from priors.registration import (
         has_bspline,
         register,
@@ -337,11 +454,36 @@ def _prepare_pair(
     record.add_registration(registration_info)
 
     clock = time.perf_counter()
-    change_info, change_outputs, status, reason = _detect_change(
-        pair, current, registered, registration, prior_image=prior.image, pair_dir=pair_dir,
-        settings=settings, model_loader=model_loader,
-        dicom_dir=task.package_dir / "dicom" / pair.pair_id, pseudonym=task.person)
+    change = _change_inputs(pair, current, registered, registration, prior_image=prior.image,
+                            model_loader=model_loader)
     timings["change_s"] = time.perf_counter() - clock
+    return _StagedPair(
+        pair=pair, started=started, pair_dir=pair_dir, record=record, current=current,
+        current_info=current_info, prior=prior, prior_info=prior_info,
+        current_digest=current_digest, prior_digest=prior_digest, registration=registration,
+        registration_info=registration_info, registered=registered, outputs=outputs,
+        timings=timings, change=change)
+
+
+def _finish_pair(task: PersonTask, staged: _StagedPair, model_output: Any, *,
+                 settings: Settings) -> PairResult:
+    """Write the change maps, the preview and the provenance of a staged pair.
+
+    ``model_output`` is the pair's model ``ChangeOutput``, or None when the pair
+    gets the baseline or is held back.
+    """
+    pair, pair_dir, record = staged.pair, staged.pair_dir, staged.record
+    current, registered, prior = staged.current, staged.registered, staged.prior
+    current_digest, prior_digest = staged.current_digest, staged.prior_digest
+    current_info, prior_info = staged.current_info, staged.prior_info
+    registration_info, outputs, timings = staged.registration_info, staged.outputs, staged.timings
+
+    clock = time.perf_counter()
+    change_info, change_outputs, status, reason = _detect_change(
+        pair, current, staged.change, model_output,
+        held_back_reason=staged.registration.reason, pair_dir=pair_dir,
+        dicom_dir=task.package_dir / "dicom" / pair.pair_id, pseudonym=task.person)
+    timings["change_s"] += time.perf_counter() - clock
     outputs.update(change_outputs)
     registered_model = task.provenance_base.get("registered_model")
     if change_info.get("method") == "model" and registered_model:
@@ -414,21 +556,14 @@ def _single_transform(registration: Any) -> Any:
     return transform
 
 
-def _detect_change(pair: PairTask, current: Any, registered: Any, registration: Any, *,
-                   prior_image: Any, pair_dir: Path, settings: Settings,
-                   model_loader: Callable[[], Any] | None,
-                   dicom_dir: Path, pseudonym: str,
-                   ) -> tuple[dict[str, Any], dict[str, str], str, str]:
-    """Run the model in scope, the baseline outside it, and nothing after a failed QA.
-
-    The change maps are also written as DICOM: identified into ``dicom_dir``, outside
-    the pair folder that goes to MLflow, and with the pseudonym into ``pair_dir/dicom``.
-    """
+def _change_inputs(pair: PairTask, current: Any, registered: Any, registration: Any, *,
+                   prior_image: Any, model_loader: Callable[[], Any] | None,
+                   ) -> _ChangeInputs | None:
+    """Return the arrays and the method for change detection, or None after a failed QA."""
     import SimpleITK as sitk
 
     if registration.verdict != "pass":
-        reason = f"registration failed its quality checks: {registration.reason}"
-        return {"method": "none", "reason": reason}, {}, HELD_BACK, reason
+        return None
 
     current_array = sitk.GetArrayFromImage(current.image).astype(np.float32)
     prior_array = sitk.GetArrayFromImage(registered).astype(np.float32)
@@ -436,16 +571,37 @@ def _detect_change(pair: PairTask, current: Any, registered: Any, registration: 
     # the resampled prior contains the fill value, which would read as new tissue.
     overlap = _prior_coverage(current.image, prior_image, registration.transform)
     sx, sy, sz = (float(value) for value in current.image.GetSpacing())
-    spacing = (sx, sy, sz)
-    modality = pair.current.modality
     model = model_loader() if model_loader is not None else None
     in_scope, scope_reason = (False, "no change model configured")
     if model is not None:
-        in_scope, scope_reason = model.in_scope(modality=modality,
+        in_scope, scope_reason = model.in_scope(modality=pair.current.modality,
                                                 body_part=pair.current.body_part)
+    return _ChangeInputs(current_array=current_array, prior_array=prior_array,
+                         overlap=overlap, spacing=(sx, sy, sz), model=model,
+                         use_model=model is not None and in_scope, scope_reason=scope_reason)
+
+
+def _detect_change(pair: PairTask, current: Any, inputs: _ChangeInputs | None,
+                   model_output: Any, *, held_back_reason: str, pair_dir: Path,
+                   dicom_dir: Path, pseudonym: str,
+                   ) -> tuple[dict[str, Any], dict[str, str], str, str]:
+    """Write the model's maps in scope, the baseline's outside it, nothing after a failed QA.
+
+    ``model_output`` is the pair's model result, already computed with the other
+    pairs of its person. The change maps are also written as DICOM: identified into
+    ``dicom_dir``, outside the pair folder that goes to MLflow, and with the
+    pseudonym into ``pair_dir/dicom``.
+    """
+    if inputs is None:
+        reason = f"registration failed its quality checks: {held_back_reason}"
+        return {"method": "none", "reason": reason}, {}, HELD_BACK, reason
+
+    current_array, prior_array = inputs.current_array, inputs.prior_array
+    overlap, spacing, model = inputs.overlap, inputs.spacing, inputs.model
+    modality = pair.current.modality
     info: dict[str, Any]
-    if model is not None and in_scope:
-        output = model.predict(current_array, prior_array, spacing=spacing)
+    if inputs.use_model:
+        output = model_output
         info = {
             "method": "model", "reason": "",
             "bundle": model.name, "version": model.version,
@@ -457,7 +613,8 @@ def _detect_change(pair: PairTask, current: Any, registered: Any, registration: 
 
         output = subtraction_baseline(current_array, prior_array, spacing=spacing,
                                       modality=modality)
-        info = {"method": "baseline", "reason": scope_reason, "parameters": output.parameters}
+        info = {"method": "baseline", "reason": inputs.scope_reason,
+                "parameters": output.parameters}
         if model is not None:
             info.update({"bundle": model.name, "version": model.version,
                          "weights_sha256": model.weights_sha256})

@@ -40,7 +40,14 @@ def test_bundle_metadata_scope_and_training():
     metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text(encoding="utf-8"))
 
     assert metadata["scope"] == {"modalities": ["CT"], "body_regions": ["CHEST"]}
-    assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    inference = json.loads((BUNDLE / "configs" / "inference.json").read_text(encoding="utf-8"))
+    inputs = metadata["network_data_format"]["inputs"]["image"]
+
+    # The metadata, the preprocessing and the network agree on the input channels.
+    channels = inference["preprocessing"]["channels"]
+    assert inputs["num_channels"] == len(channels)
+    assert inputs["num_channels"] == inference["network_def"]["in_channels"]
+    assert len(inputs["channel_def"]) == len(channels)
     assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
     training = metadata["training"]
     assert training["generator_version"]

@@ -6,18 +6,20 @@ stays cheap for the command line.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from priors.change.lesions import remove_small_components
-from priors.change.output import NEW_OR_GROWN, RESOLVED_OR_SHRUNK, ChangeOutput
+from priors.change.output import ChangeOutput
+from priors.change.postprocess import label_changes
 from priors.change.preprocessing import stack_inputs
 
 __all__ = ["ChangeModel", "load_change_model", "resolve_device", "sha256_file"]
@@ -28,6 +30,11 @@ logger = logging.getLogger(__name__)
 # is resampled, because the network saw lesions only at its training resolution.
 SPACING_TOLERANCE = 0.05
 
+# Pairs per stack when the bundle's inference config has no ``pair_batch_size``. Memory
+# grows with the stack: by estimate, one 512 x 512 x 300 pair with 3 input and 3 output
+# channels needs about 4 GB of float32 arrays for its input, stitching and softmax.
+DEFAULT_PAIR_BATCH_SIZE = 4
+
 
 def sha256_file(path: str | Path) -> str:
     """Return the hex SHA-256 of a file's bytes."""
@@ -36,6 +43,11 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _device_type(device: str) -> str:
+    """Return the device type of a torch device string: ``"cuda:1"`` gives ``"cuda"``."""
+    return device.split(":", 1)[0]
 
 
 def resolve_device(device: str) -> str:
@@ -113,6 +125,11 @@ class ChangeModel:
         pair = f"{modality_found or '(no modality)'} {region_found or '(no body part)'}"
         return False, f"model not applicable: trained for {trained}, pair is {pair}"
 
+    @property
+    def pair_batch_size(self) -> int:
+        """Most pairs of one grid shape per inferer run when ``predict_batch`` gets no size."""
+        return int(self._config.get("pair_batch_size", DEFAULT_PAIR_BATCH_SIZE))
+
     def predict(
         self, current: np.ndarray, prior: np.ndarray, *, spacing: Sequence[float]
     ) -> ChangeOutput:
@@ -136,16 +153,98 @@ class ChangeModel:
         ValueError
             When the volumes are not 3-D or differ in shape.
         """
-        import torch
+        return self.predict_batch([(current, prior, spacing)])[0]
 
-        current = np.asarray(current)
-        prior = np.asarray(prior)
-        if current.ndim != 3 or current.shape != prior.shape:
-            raise ValueError(
-                f"current shape {current.shape} and prior shape {prior.shape}: "
-                "expected two 3-D (z, y, x) volumes of the same shape"
+    def predict_batch(
+        self,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]],
+        *,
+        batch_size: int | None = None,
+    ) -> list[ChangeOutput]:
+        """Run sliding-window inference on several registered pairs, batching them.
+
+        Pairs whose inference grid (their shape after the optional resampling to the
+        bundle's spacing) is the same are stacked into one ``(B, C, z, y, x)`` tensor
+        of up to ``batch_size`` pairs. The sliding-window inferer runs once per stack.
+        On an accelerator each forward pass then takes ``B`` times the bundle's
+        ``sw_batch_size`` windows. Pairs of other shapes go into stacks of
+        their own rather than being padded to a common shape: padding would move the
+        windows and change the Gaussian blending at the borders, so a padded pair's
+        maps would differ from what it gets alone. The network runs in eval mode,
+        where batch normalisation uses its stored statistics, so a pair's result does
+        not depend on the others in its stack.
+
+        Parameters
+        ----------
+        pairs
+            ``(current, prior, spacing)`` triples, as :meth:`predict` takes them.
+        batch_size
+            Most pairs per stack; None takes ``pair_batch_size`` of the bundle's
+            inference config, or 4 without one.
+
+        Returns
+        -------
+        list of ChangeOutput
+            One per pair, in input order, each as :meth:`predict` gives it, with
+            ``parameters["pair_batch"]`` the number of pairs in its stack.
+
+        Raises
+        ------
+        ValueError
+            When a pair's volumes are not 3-D or differ in shape (checked for every
+            pair before any inference), or ``batch_size`` is below 1.
+        """
+        return [
+            self._postprocess(
+                probabilities,
+                spacing=item.spacing,
+                resampled=item.resampled,
+                pair_batch=item.pair_batch,
             )
-        spacing = tuple(float(s) for s in spacing)
+            for item, probabilities in self._infer(pairs, batch_size)
+        ]
+
+    def class_probabilities(
+        self,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]],
+        *,
+        batch_size: int | None = None,
+    ) -> list[np.ndarray]:
+        """Return each pair's (3, z, y, x) float32 class probabilities on its input grid.
+
+        The classes are no change, new or grown, resolved or shrunk. Pairs are batched
+        as in :meth:`predict_batch`; nothing is thresholded, so settings of the
+        post-processing can be compared on the same network output.
+        """
+        return [probabilities for _, probabilities in self._infer(pairs, batch_size)]
+
+    def _infer(
+        self,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]],
+        batch_size: int | None,
+    ) -> list[tuple[_PreparedPair, np.ndarray]]:
+        size = self.pair_batch_size if batch_size is None else int(batch_size)
+        if size < 1:
+            raise ValueError(f"batch_size is {batch_size}, expected at least 1")
+        checked = [_checked_pair(index, *pair) for index, pair in enumerate(pairs)]
+
+        results: list[tuple[_PreparedPair, np.ndarray] | None] = [None] * len(checked)
+        # Stacks waiting to fill, keyed by inference grid shape.
+        waiting: dict[tuple[int, ...], list[_PreparedPair]] = {}
+        for index, (current, prior, spacing) in enumerate(checked):
+            prepared = self._prepare(index, current, prior, spacing)
+            stack = waiting.setdefault(prepared.inputs.shape, [])
+            stack.append(prepared)
+            if len(stack) == size:
+                self._run_stack(waiting.pop(prepared.inputs.shape), results)
+        for stack in waiting.values():
+            self._run_stack(stack, results)
+        return [result for result in results if result is not None]
+
+    def _prepare(
+        self, index: int, current: np.ndarray, prior: np.ndarray, spacing: tuple[float, ...]
+    ) -> _PreparedPair:
+        """Resample a pair to the bundle's spacing when needed and build its input channels."""
         original_shape = current.shape
         target = self.spacing_mm
         zoom = tuple(s / t for s, t in zip(spacing[::-1], target[::-1], strict=True))
@@ -153,33 +252,69 @@ class ChangeModel:
         if resample:
             current = ndimage.zoom(current.astype(np.float32), zoom, order=1)
             prior = ndimage.zoom(prior.astype(np.float32), zoom, order=1)
-
         inputs = stack_inputs(current, prior, self._config["preprocessing"])
-        batch = torch.from_numpy(inputs[None]).to(self.device)
+        return _PreparedPair(index, inputs, original_shape, spacing, resample)
+
+    def _run_stack(
+        self,
+        stack: list[_PreparedPair],
+        results: list[tuple[_PreparedPair, np.ndarray] | None],
+    ) -> None:
+        """Infer one stack of same-shape pairs and put each pair's probabilities in ``results``."""
+        import torch
+
+        batch = torch.from_numpy(np.stack([item.inputs for item in stack])).to(self.device)
         with torch.inference_mode():
-            logits = self._inferer(batch, self._network)
-            probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-        if resample:
-            probabilities = np.stack([_resize(p, original_shape) for p in probabilities])
-        return self._postprocess(probabilities, spacing=spacing, resampled=resample)
+            logits = self._inferer_for(len(stack))(batch, self._network)
+            probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        del batch, logits
+
+        for item, pair_probabilities in zip(stack, probabilities, strict=True):
+            if item.resampled:
+                pair_probabilities = np.stack(
+                    [_resize(p, item.original_shape) for p in pair_probabilities]
+                )
+            item.pair_batch = len(stack)
+            # The input channels are no longer needed once the stack ran.
+            item.inputs = np.empty((0,), dtype=np.float32)
+            results[item.index] = (item, pair_probabilities.astype(np.float32, copy=False))
+
+    def _inferer_for(self, pairs: int) -> Any:
+        """Return the inferer for a stack of ``pairs`` pairs.
+
+        On an accelerator the stack's forward passes take ``pairs`` times the bundle's
+        ``sw_batch_size`` windows, so that batching pairs fills the device. On the CPU
+        the bundle's window count is kept, because there 16 windows of 32 x 64 x 64
+        voxels per pass were no faster than 4, and in some runs 30 % slower (1 torch
+        thread on 2 shared cores).
+        """
+        # NOTE: the gain on a GPU is not measured. Run benchmarks/change_batch.py with
+        # --device cuda to measure it before raising pair_batch_size for a GPU.
+        if pairs == 1 or _device_type(self.device) == "cpu":
+            return self._inferer
+        inferer = copy.copy(self._inferer)
+        inferer.sw_batch_size = int(self._config["sw_batch_size"]) * pairs
+        return inferer
 
     def _postprocess(
-        self, probabilities: np.ndarray, *, spacing: tuple[float, ...], resampled: bool
+        self,
+        probabilities: np.ndarray,
+        *,
+        spacing: tuple[float, ...],
+        resampled: bool,
+        pair_batch: int,
     ) -> ChangeOutput:
         post = self._config["postprocessing"]
-        threshold = float(post["change_threshold"])
-        change = (1.0 - probabilities[0]).astype(np.float32)
-        labels = np.zeros(change.shape, dtype=np.uint8)
-        is_change = change >= threshold
-        grown = probabilities[1] >= probabilities[2]
-        labels[is_change & grown] = NEW_OR_GROWN
-        labels[is_change & ~grown] = RESOLVED_OR_SHRUNK
-        labels = remove_small_components(
-            labels, spacing=spacing, min_volume_mm3=float(post["min_volume_mm3"])
-        )
-        parameters = {
-            "change_threshold": threshold,
+        settings = {
+            "change_threshold": float(post["change_threshold"]),
             "min_volume_mm3": float(post["min_volume_mm3"]),
+            # Bundles from before these rules have neither setting.
+            "min_peak": float(post.get("min_peak", 0.0)),
+            "border_margin_mm": float(post.get("border_margin_mm", 0.0)),
+        }
+        labels = label_changes(probabilities, spacing=spacing, **settings)
+        parameters = {
+            **settings,
             "roi_size": list(self._config["roi_size"]),
             "overlap": float(self._config["overlap"]),
             "sw_batch_size": int(self._config["sw_batch_size"]),
@@ -191,10 +326,41 @@ class ChangeModel:
             "model_name": self.name,
             "model_version": self.version,
             "weights_sha256": self.weights_sha256,
+            "pair_batch": pair_batch,
         }
+        change = (1.0 - probabilities[0]).astype(np.float32)
         return ChangeOutput(
             probability=change, labels=labels, method="model", parameters=parameters
         )
+
+
+@dataclass
+class _PreparedPair:
+    """A pair's network input on its inference grid, and how to map the result back."""
+
+    index: int
+    inputs: np.ndarray  # (C, z, y, x) float32 channels of ``stack_inputs``
+    original_shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    resampled: bool
+    pair_batch: int = 0
+
+
+def _checked_pair(
+    index: int, current: np.ndarray, prior: np.ndarray, spacing: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Return the pair as arrays and a float spacing, or raise naming the pair's position."""
+    current = np.asarray(current)
+    prior = np.asarray(prior)
+    if current.ndim != 3 or current.shape != prior.shape:
+        raise ValueError(
+            f"pair {index}: current shape {current.shape} and prior shape {prior.shape}: "
+            "expected two 3-D (z, y, x) volumes of the same shape"
+        )
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3:
+        raise ValueError(f"pair {index}: spacing {spacing} has {len(spacing)} values, expected 3")
+    return current, prior, spacing
 
 
 def _resize(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -262,6 +428,9 @@ def load_change_model(
             "postprocessing",
         )
     }
+    config["pair_batch_size"] = parser.get_parsed_content(
+        "pair_batch_size", default=DEFAULT_PAIR_BATCH_SIZE
+    )
 
     weights_sha256 = sha256_file(paths["weights"])
     state = torch.load(paths["weights"], map_location=device, weights_only=True)

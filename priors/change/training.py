@@ -29,13 +29,38 @@ class TrainingHistory:
     epoch_ce_loss: list[float] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
+    examples_seen: int = 0
     stopped_by_time: bool = False
 
 
+def _crop_start(
+    labels: np.ndarray, roi_size: Sequence[int], rng: np.random.Generator, focus: bool
+) -> list[int]:
+    """Choose a crop corner: anywhere, or (``focus``) so that a random change voxel is inside."""
+    limits = [s - r for s, r in zip(labels.shape, roi_size, strict=True)]
+    if focus:
+        changed = np.flatnonzero(labels)
+        if len(changed):
+            voxel = np.unravel_index(int(changed[rng.integers(len(changed))]), labels.shape)
+            # The change voxel lands anywhere in the middle half of the crop, so the
+            # network does not learn that change sits at the centre.
+            starts = []
+            for position, size, limit in zip(voxel, roi_size, limits, strict=True):
+                offset = int(rng.integers(size // 4, size - size // 4))
+                starts.append(int(np.clip(position - offset, 0, limit)))
+            return starts
+    return [int(rng.integers(0, limit + 1)) for limit in limits]
+
+
 def _random_crop_and_flip(
-    inputs: np.ndarray, labels: np.ndarray, roi_size: Sequence[int], rng: np.random.Generator
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    roi_size: Sequence[int],
+    rng: np.random.Generator,
+    *,
+    focus: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    starts = [int(rng.integers(0, s - r + 1)) for s, r in zip(labels.shape, roi_size, strict=True)]
+    starts = _crop_start(labels, roi_size, rng, focus)
     window = tuple(slice(b, b + r) for b, r in zip(starts, roi_size, strict=True))
     inputs = inputs[(slice(None), *window)]
     labels = labels[window]
@@ -53,6 +78,8 @@ def train_change_network(
     *,
     roi_size: Sequence[int],
     epochs: int,
+    fresh_examples: Callable[[], list[tuple[np.ndarray, np.ndarray]]] | None = None,
+    focus_probability: float = 0.0,
     batch_size: int = 4,
     learning_rate: float = 2e-3,
     change_class_weight: float = 4.0,
@@ -72,6 +99,13 @@ def train_change_network(
         least ``roi_size``; a random ``roi_size`` crop of each is used per epoch.
     epochs
         Passes over the examples; fewer when ``max_seconds`` runs out first.
+    fresh_examples
+        Called before every step. The examples it returns replace the oldest ones
+        of the pool, so that a generator running beside the loop keeps the data new.
+        An epoch is then as many steps as one pass over the pool takes.
+    focus_probability
+        Share of crops placed so that they contain a change voxel, when the example
+        has one; the rest are placed uniformly.
     change_class_weight
         Cross-entropy weight of the two change classes relative to no change, since
         change voxels are about 1 % of the training voxels.
@@ -92,6 +126,9 @@ def train_change_network(
         raise ValueError("no training examples given; expected at least one (inputs, labels) pair")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    pool = list(examples)
+    oldest = 0
+    replaced = 0
     network.to(device).train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     weights = torch.tensor([1.0, change_class_weight, change_class_weight], device=device)
@@ -106,7 +143,7 @@ def train_change_network(
     started = time.monotonic()
 
     for epoch in range(epochs):
-        order = rng.permutation(len(examples))
+        order = rng.permutation(len(pool))
         totals = np.zeros(3)
         epoch_steps = 0
         for first in range(0, len(order), batch_size):
@@ -120,8 +157,15 @@ def train_change_network(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
+            if fresh_examples is not None:
+                for example in fresh_examples():
+                    pool[oldest] = example
+                    oldest = (oldest + 1) % len(pool)
+                    replaced += 1
             crops = [
-                _random_crop_and_flip(*examples[i], roi_size, rng)
+                _random_crop_and_flip(
+                    *pool[i], roi_size, rng, focus=bool(rng.random() < focus_probability)
+                )
                 for i in order[first : first + batch_size]
             ]
             inputs = torch.from_numpy(np.stack([c[0] for c in crops])).to(device)
@@ -144,12 +188,14 @@ def train_change_network(
             history.epoch_dice_loss.append(float(mean[1]))
             history.epoch_ce_loss.append(float(mean[2]))
             logger.info(
-                "epoch %d: loss %.4f (dice %.4f, cross-entropy %.4f), %d steps, %.0f s",
+                "epoch %d: loss %.4f (dice %.4f, cross-entropy %.4f), %d steps, %d new examples, "
+                "%.0f s",
                 epoch + 1,
                 mean[0],
                 mean[1],
                 mean[2],
                 history.steps,
+                replaced,
                 time.monotonic() - started,
             )
             if on_epoch is not None:
@@ -161,5 +207,6 @@ def train_change_network(
             break
 
     history.seconds = time.monotonic() - started
+    history.examples_seen = len(pool) + replaced
     network.eval()
     return history

@@ -41,10 +41,12 @@ __all__ = [
     "GENERATOR_VERSION",
     "HELD_OUT_STREAM",
     "TRAINING_STREAM",
+    "VALIDATION_STREAM",
     "TrainingPair",
     "held_out_pairs",
     "make_pair",
     "training_pairs",
+    "validation_pairs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,10 +54,11 @@ logger = logging.getLogger(__name__)
 # Bump when a change alters the pairs that a given seed produces.
 GENERATOR_VERSION = "1.0"
 
-# First words of the seed sequences: held-out and training pairs draw from different
-# streams, so no training seed can reproduce a held-out pair.
+# First words of the seed sequences: held-out, training and validation pairs draw from
+# different streams, so no training or validation seed can reproduce a held-out pair.
 HELD_OUT_STREAM = 0x4E1D
 TRAINING_STREAM = 0x7A17
+VALIDATION_STREAM = 0x5A1D
 
 NO_CHANGE_FRACTION = 0.25
 CHANGE_KINDS = ("new", "resolved", "grown", "shrunk")
@@ -443,3 +446,11 @@ def training_pairs(seed: int, n: int, *, first: int = 0, **options: Any) -> list
         make_pair(np.random.default_rng([TRAINING_STREAM, seed, index]), **options)
         for index in range(first, first + n)
     ]
+
+
+def validation_pairs(seed: int, n: int, **options: Any) -> list[TrainingPair]:
+    """Generate ``n`` pairs of the validation stream, for choosing settings after training.
+
+    Neither training nor the held-out evaluation draws from this stream.
+    """
+    return _pairs(VALIDATION_STREAM, seed, n, **options)
