@@ -8,7 +8,7 @@ bundle to MLflow, and registers the bundle as a version of the registered model
 
 Example::
 
-    python jobs/train_change_model.py --pairs 480 --epochs 100 --minutes 18
+    python jobs/train_change_model.py --threads 1 --out /tmp/my_bundle
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=DEFAULT_BUNDLE,
-        help="bundle folder to write the weights and metadata into",
+        help=(
+            "bundle folder to write the weights and metadata into "
+            "(default: the repository's models/ct_chest_change, replaced in place)"
+        ),
     )
     parser.add_argument(
         "--seed",
@@ -211,7 +214,17 @@ def run_training(bundle: Path, options: dict[str, Any], *, use_ray: bool) -> dic
         ray.init(address=address, include_dashboard=False)
     gpus = 1 if options["device"] in ("auto", "cuda") and _cuda_available() else 0
     # The example stream runs in a process of its own, so it needs a CPU of its own.
+    # A request above the cluster's CPUs would wait forever, so it is capped there.
     cpus = options["threads"] + (1 if options["stream"] else 0)
+    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+    if cpus > cluster_cpus:
+        logger.warning(
+            "the Ray cluster has %d CPUs; the training task asks for %d instead of %d",
+            cluster_cpus,
+            cluster_cpus,
+            cpus,
+        )
+        cpus = cluster_cpus
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(generate_and_train)
     try:
         return ray.get(task.remote(str(bundle), options))
@@ -374,6 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_training(bundle, options, use_ray=use_ray)
         history = result["history"]
+        if history["steps"] == 0:
+            # Saving would replace the bundle's weights with an untrained network.
+            logger.error(
+                "training ran no step within its %.2f-minute budget; nothing was written "
+                "to %s. Give more --minutes.",
+                options["minutes"],
+                bundle,
+            )
+            return 1
         weights = bundle / "models" / "model.pt"
         import torch
 

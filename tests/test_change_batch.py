@@ -142,6 +142,23 @@ def test_class_probabilities_give_the_labels(model, pairs):
         np.testing.assert_allclose(1.0 - pair_probabilities[0], output.probability, atol=1e-6)
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_voxels_rejected(model, pairs, value):
+    current, prior, spacing = pairs[0]
+    broken = prior.copy()
+    broken[3, 4, 5] = value
+
+    with pytest.raises(ValueError, match="pair 1: the prior volume has 1 NaN or infinite"):
+        model.predict_batch([pairs[1], (current, broken, spacing)])
+
+
+@pytest.mark.parametrize("spacing", [(1.5, 0.0, 2.0), (1.5, 1.5, -2.0), (np.nan, 1.5, 2.0)])
+def test_bad_spacing_rejected(model, pairs, spacing):
+    current, prior, _ = pairs[0]
+    with pytest.raises(ValueError, match="must be three positive finite mm"):
+        model.predict(current, prior, spacing=spacing)
+
+
 def test_empty_batch(model):
     assert model.predict_batch([]) == []
 

@@ -128,3 +128,24 @@ def test_evaluation_writes_the_json_table(trained, tmp_path):
         assert report["fp_per_no_change_pair"] >= 0.0
         assert set(report["per_class"]) == {"new_or_grown", "resolved_or_shrunk"}
     assert "lesion F1, changes >= 5 mm" in result.stdout
+
+
+def test_training_without_steps_writes_nothing(tmp_path):
+    bundle = tmp_path / "bundle"
+
+    result = _run(
+        [
+            "jobs/train_change_model.py",
+            "--out", str(bundle),
+            "--pairs", "2",
+            "--minutes", "1e-9",
+            "--threads", "1",
+            "--ray", "off",
+            "--no-mlflow",
+        ],
+        tmp_path / "home",
+    )
+
+    assert result.returncode == 1
+    assert "training ran no step" in result.stderr
+    assert not (bundle / "models" / "model.pt").exists()

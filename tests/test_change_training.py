@@ -114,3 +114,43 @@ def test_stream_continues_the_training_stream():
         assert np.array_equal(labels, expected_labels)
         assert np.allclose(inputs, expected_inputs)
     assert stream.produced == len(received)
+
+
+_STREAM_SCRIPT = """
+import sys
+from priors.change.examples import ExampleStream
+stream = ExampleStream(
+    1, first=0, preprocessing={"center_hu": 40.0, "scale_hu": 50.0},
+    shape=(16, 24, 24), spacing=(1.5, 1.5, 2.0), capacity=1,
+)
+stream.__enter__()
+print(stream._process.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_stream_child_exits_when_parent_is_killed():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _STREAM_SCRIPT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=30)
+
+    deadline = time.monotonic() + 30
+    alive = True
+    while alive and time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+            time.sleep(0.2)
+        except ProcessLookupError:
+            alive = False
+    assert not alive

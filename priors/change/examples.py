@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -45,20 +46,25 @@ def _produce(
     preprocessing: dict[str, Any],
     shape: list[int],
     spacing: list[float],
+    parent: int,
 ) -> None:
     index = first
-    while not stop.is_set():
+    # A parent killed by SIGTERM never sets ``stop``; a changed parent id tells. The id
+    # comes from the parent, since it may die before this process has started.
+    while not stop.is_set() and os.getppid() == parent:
         examples, pairs = make_examples(
             seed, 1, first=index, preprocessing=preprocessing, shape=shape, spacing=spacing
         )
         item = (index, examples[0], pairs[0].has_change)
-        while not stop.is_set():
+        while not stop.is_set() and os.getppid() == parent:
             try:
                 output.put(item, timeout=0.5)
                 break
             except queue.Full:
                 continue
         index += 1
+    # Exit without waiting for the queue's feeder thread, which blocks while nobody reads.
+    output.cancel_join_thread()
 
 
 class ExampleStream:
@@ -105,6 +111,7 @@ class ExampleStream:
                 dict(preprocessing),
                 [int(s) for s in shape],
                 [float(s) for s in spacing],
+                os.getpid(),
             ),
             name="priors-example-stream",
             daemon=True,

@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 SPACING_TOLERANCE = 0.05
 
 # Pairs per stack when the bundle's inference config has no ``pair_batch_size``. Memory
-# grows with the stack: by estimate, one 512 x 512 x 300 pair with 3 input and 3 output
-# channels needs about 4 GB of float32 arrays for its input, stitching and softmax.
+# grows with the stack: a (96, 192, 192) pair with 7 input channels took about 245 MB
+# on the CPU, about 70 bytes per voxel, so by estimate a 512 x 512 x 300 pair needs
+# about 5.5 GB and a stack of four about 22 GB.
+# NOTE: lower pair_batch_size for large volumes on a CPU host; batching gains nothing there.
 DEFAULT_PAIR_BATCH_SIZE = 4
 
 
@@ -360,6 +362,15 @@ def _checked_pair(
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3:
         raise ValueError(f"pair {index}: spacing {spacing} has {len(spacing)} values, expected 3")
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"pair {index}: spacing {spacing} must be three positive finite mm")
+    for name, volume in (("current", current), ("prior", prior)):
+        if not np.isfinite(volume).all():
+            bad = int(volume.size - np.count_nonzero(np.isfinite(volume)))
+            raise ValueError(
+                f"pair {index}: the {name} volume has {bad} NaN or infinite voxels; "
+                "the network's windows would spread them over the map"
+            )
     return current, prior, spacing
 
 

@@ -1,6 +1,6 @@
 """Intensity preprocessing shared by training and inference (numpy and scipy only).
 
-The network input has up to five channels, named in the bundle's ``channels`` list:
+The network input has up to seven channels, named in the bundle's ``channels`` list:
 
 ``current`` and ``prior``
     Each volume through ``normalise_ct``.

@@ -93,9 +93,9 @@ def train_change_network(
     Parameters
     ----------
     network
-        A torch module mapping (B, 3, z, y, x) inputs to (B, 3, z, y, x) logits.
+        A torch module mapping (B, C, z, y, x) inputs to (B, 3, z, y, x) logits.
     examples
-        ``(inputs, labels)``: (3, z, y, x) float32 and (z, y, x) uint8, each at
+        ``(inputs, labels)``: (C, z, y, x) float32 and (z, y, x) uint8, each at
         least ``roi_size``; a random ``roi_size`` crop of each is used per epoch.
     epochs
         Passes over the examples; fewer when ``max_seconds`` runs out first.
