@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from priors import __version__
+from priors.argtypes import positive_int
 
 __all__ = ["build_parser", "main"]
 
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its instances fetched so far)")
     ingest.add_argument("--issuer", action="append", default=[], metavar="SOURCE=ISSUER",
                         help="issuer of Patient ID for a source without one; repeatable")
-    ingest.add_argument("--workers", type=_positive, default=2,
+    ingest.add_argument("--workers", type=positive_int, default=2,
                         help="header-reading processes (default: %(default)s)")
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--all", action="store_true",
                        help="fetch every study that matches, even with no patient, study or "
                        "date filter (the whole PACS, when nothing else is given)")
-    fetch.add_argument("--workers", type=_positive, default=2,
+    fetch.add_argument("--workers", type=positive_int, default=2,
                        help="header-reading processes (default: %(default)s)")
     fetch.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                          default="split",
                          help="several volumes at the same positions: one volume per time "
                          "point, the first only, one 4-D image, or reject (default: %(default)s)")
-    convert.add_argument("--min-slices", type=_positive, default=3,
+    convert.add_argument("--min-slices", type=positive_int, default=3,
                          help="fewest slices that make a volume (default: %(default)s)")
 
     audit = commands.add_parser(
@@ -184,15 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--out", help="output file (default: standard output)")
     return parser
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
 
 
 def _add_query_arguments(parser: argparse.ArgumentParser) -> None:

@@ -73,7 +73,7 @@ def test_matched_difference_ignores_a_shifted_edge():
 
     inputs = stack_inputs(current, prior, FIVE_CHANNELS)
 
-    # The plain difference sees the two-voxel shift of the edge; the matched ones do not.
+    # The plain difference shows the two-voxel shift of the edge, the matched ones do not.
     assert np.abs(inputs[2]).max() > 0.5
     assert np.allclose(inputs[3], 0.0)
     assert np.allclose(inputs[4], 0.0)

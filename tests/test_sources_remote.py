@@ -215,7 +215,7 @@ def test_institution_with_separators_refused() -> None:
         (["fetch", "dicomweb:http://127.0.0.1:9/dw", "--series-uid", "1.2.3"],
          "--series-uid needs --study-uid"),
         (["fetch", "dicomweb:http://127.0.0.1:9/dw", "--all", "--workers", "0"],
-         "'0' is not a positive whole number"),
+         "--workers: 0 is not a positive whole number"),
         (["find", "dimse:PACS@127.0.0.1:99999"], "port 99999: expected 1 to 65535"),
     ],
 )

@@ -49,8 +49,8 @@ def _produce(
     parent: int,
 ) -> None:
     index = first
-    # A parent killed by SIGTERM never sets ``stop``; a changed parent id tells. The id
-    # comes from the parent, since it may die before this process has started.
+    # A parent killed by SIGTERM never sets ``stop``, so a changed parent id ends the loop.
+    # The id comes from the parent, because it may die before this process has started.
     while not stop.is_set() and os.getppid() == parent:
         examples, pairs = make_examples(
             seed, 1, first=index, preprocessing=preprocessing, shape=shape, spacing=spacing
@@ -63,7 +63,7 @@ def _produce(
             except queue.Full:
                 continue
         index += 1
-    # Exit without waiting for the queue's feeder thread, which blocks while nobody reads.
+    # Exit without joining the queue's feeder thread, which blocks while no process reads.
     output.cancel_join_thread()
 
 

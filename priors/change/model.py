@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 SPACING_TOLERANCE = 0.05
 
 # Pairs per stack when the bundle's inference config has no ``pair_batch_size``. Memory
-# grows with the stack: a (96, 192, 192) pair with 7 input channels took about 245 MB
-# on the CPU, about 70 bytes per voxel, so by estimate a 512 x 512 x 300 pair needs
+# grows with the stack. A (96, 192, 192) pair with 7 input channels took about 245 MB
+# on the CPU, about 70 bytes per voxel. By that estimate a 512 x 512 x 300 pair needs
 # about 5.5 GB and a stack of four about 22 GB.
 # NOTE: lower pair_batch_size for large volumes on a CPU host; batching gains nothing there.
 DEFAULT_PAIR_BATCH_SIZE = 4

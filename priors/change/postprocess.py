@@ -44,8 +44,8 @@ def label_changes(
     A voxel is change where ``1 - p(no change) >= change_threshold``; its class is the
     larger of ``p(new or grown)`` and ``p(resolved or shrunk)``. A component of one
     class is kept when it contains ``min_volume_mm3`` or more and its highest change
-    probability reaches ``min_peak``: a two-threshold rule, where the lower threshold
-    draws the outline and the higher one decides whether there is a change at all.
+    probability reaches ``min_peak``. In this two-threshold rule the lower threshold
+    draws the outline, and the higher one decides whether there is a change at all.
 
     A component with more than half of its voxels within ``border_margin_mm`` of the
     volume's faces is dropped. There the neighbourhood ranges and the network's

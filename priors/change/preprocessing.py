@@ -18,7 +18,7 @@ The network input has up to seven channels, named in the bundle's ``channels`` l
     misregistration artefacts.
 ``current outside prior wide range`` and ``prior outside current wide range``
     The same over a larger box. A small box keeps the rim of a lesion that grew by
-    a millimetre or two; a large one also absorbs ribs and vessels that breathing
+    a millimetre or two. A large one also absorbs ribs and vessels that breathing
     or a rotation moved further. The network weighs the two.
 """
 
